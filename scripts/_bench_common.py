@@ -1,0 +1,135 @@
+"""Shared helpers for ``scripts/bench_*.py``: timing, compile time apart, tables, JSON.
+
+Rules every bench follows (see DESIGN.md, "Tests and benchmarks"):
+
+* compile time is measured apart, with ``jitted.lower(...).compile()`` (:func:`compile_timed`);
+* warm-up calls are excluded from the reported run times (:func:`time_runs`);
+* every ratio is taken between two measurements of one run, in one harness.
+
+Typical use::
+
+    compiled, compile_s = compile_timed(jax.jit(step), params, tokens)
+    runs = time_runs(compiled, params, tokens, warmup=1, repeats=5)
+    rows.append({"case": "step", "compile_s": compile_s, "median_s": runs.median_s})
+    print_table(rows, title="decode step")
+    write_json(args.json, {"rows": rows})
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Adds the flags every bench has: ``--quick`` (under a minute) and ``--json PATH``."""
+    parser.add_argument("--quick", action="store_true", help="small sizes, finishes in under a minute")
+    parser.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON here")
+    return parser
+
+
+def compile_timed(jitted: Any, *args: Any, **kwargs: Any) -> tuple[Callable[..., Any], float]:
+    """Lowers and compiles ``jitted`` (a ``jax.jit`` object) for these arguments.
+
+    Returns the compiled executable and the seconds spent lowering plus compiling. The
+    executable takes the same traced arguments as ``jitted`` (static ones are baked in).
+    """
+    start = time.perf_counter()
+    compiled = jitted.lower(*args, **kwargs).compile()
+    return compiled, time.perf_counter() - start
+
+
+@dataclasses.dataclass(frozen=True)
+class RunTimes:
+    """Wall-clock seconds of the timed calls (warm-up calls excluded)."""
+
+    seconds: tuple[float, ...]
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def min_s(self) -> float:
+        return min(self.seconds)
+
+
+def time_runs(fn: Callable[..., Any], *args: Any, warmup: int = 1, repeats: int = 3, **kwargs: Any) -> RunTimes:
+    """Calls ``fn(*args, **kwargs)`` ``warmup`` times untimed, then ``repeats`` times timed.
+
+    Each call is waited for with ``jax.block_until_ready`` on its output, so asynchronous
+    dispatch does not hide device time. ``fn`` must not donate ``args`` (they are reused).
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args, **kwargs))
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args, **kwargs))
+        seconds.append(time.perf_counter() - start)
+    return RunTimes(tuple(seconds))
+
+
+def environment() -> dict[str, Any]:
+    """What the numbers were measured on: versions, backend, devices, host."""
+    devices = jax.devices()
+    return {
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+        "backend": jax.default_backend(),
+        "device_kind": devices[0].device_kind,
+        "device_count": len(devices),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "argv": sys.argv,
+        "utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_json(path: str | None, payload: dict[str, Any]) -> None:
+    """Writes ``payload`` plus an ``environment`` entry to ``path`` (nothing when ``path`` is None)."""
+    if path is None:
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"environment": environment(), **payload}, f, indent=2, default=float)
+        f.write("\n")
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.3e}"
+    return str(value)
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """Rows of dicts as an aligned text table; ``columns`` picks and orders the keys (default: all,
+    in first-seen order). A missing value prints as ``-``."""
+    if columns is None:
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+    cells = [[_cell(row.get(column, "-")) for column in columns] for row in rows]
+    widths = [max([len(column)] + [len(line[i]) for line in cells]) for i, column in enumerate(columns)]
+    lines = ["  ".join(column.rjust(width) for column, width in zip(columns, widths))]
+    lines.append("  ".join("-" * width for width in widths))
+    lines += ["  ".join(cell.rjust(width) for cell, width in zip(line, widths)) for line in cells]
+    return "\n".join(lines)
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, title: str | None = None) -> None:
+    """Prints :func:`format_table` to stdout, under ``title`` if given."""
+    if title:
+        print(f"\n== {title}")
+    print(format_table(rows, columns), flush=True)
