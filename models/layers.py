@@ -1,0 +1,194 @@
+"""Flax linen building blocks of the Llama-family decoder (numerics follow Hugging Face).
+
+Every module is used through ``Module.apply`` with explicit parameters and an explicit
+key/value cache in and out: no mutable Flax collections.
+
+Parameter layout (``init_params`` returns this tree; Linear kernels are [in, out])::
+
+    embed/embedding                      [vocab, dim]
+    layers_{i}/attn_norm/scale           [dim]
+    layers_{i}/attn/{q,k,v}_proj/kernel  [dim, heads * head_dim]   (+ bias [heads * head_dim])
+    layers_{i}/attn/o_proj/kernel        [n_heads * head_dim, dim]
+    layers_{i}/mlp_norm/scale            [dim]
+    layers_{i}/mlp/{gate,up}_proj/kernel [dim, hidden_dim]
+    layers_{i}/mlp/down_proj/kernel      [hidden_dim, dim]
+    final_norm/scale                     [dim]
+    lm_head/kernel                       [dim, vocab]   (absent when embeddings are tied)
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from models.config import LlamaConfig
+
+_INIT = nn.initializers.normal(stddev=0.02)
+
+# A layer's cache: keys and values, each dtype [batch, capacity, n_kv_heads, head_dim].
+LayerKV = tuple[jax.Array, jax.Array]
+
+
+class RMSNorm(nn.Module):
+    """``x * rsqrt(mean(x^2) + eps)`` computed in float32, cast back, times ``scale``."""
+
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:  # x: dtype [..., dim]
+        scale = self.param("scale", nn.initializers.ones, (self.config.dim,), self.config.param_dtype)
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.config.norm_eps)
+        return normed.astype(self.config.dtype) * scale.astype(self.config.dtype)
+
+
+def apply_rope(
+    x: jax.Array,  # dtype [batch, T, heads, head_dim]
+    positions: jax.Array,  # int32 [batch, T]
+    config: LlamaConfig,
+) -> jax.Array:  # dtype [batch, T, heads, head_dim]
+    """Rotary embedding in the rotate_half layout: pairs are (i, i + head_dim // 2)."""
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(config.rope_inv_freq)  # [batch, T, D/2]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    first, second = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
+    return rotated.astype(x.dtype)
+
+
+def attend(
+    q: jax.Array,  # dtype [batch, T, n_heads, head_dim]
+    k: jax.Array,  # dtype [batch, S, n_kv_heads, head_dim]
+    v: jax.Array,  # dtype [batch, S, n_kv_heads, head_dim]
+    q_positions: jax.Array,  # int32 [batch, T]
+    k_positions: jax.Array,  # int32 [batch, S]
+) -> jax.Array:  # dtype [batch, T, n_heads * head_dim]
+    """Grouped-query attention: query at position p sees keys at positions <= p only."""
+    batch, t, n_heads, head_dim = q.shape
+    n_kv_heads = k.shape[2]
+    grouped = q.reshape(batch, t, n_kv_heads, n_heads // n_kv_heads, head_dim)
+    scores = jnp.einsum("btkgd,bskd->bkgts", grouped, k, preferred_element_type=jnp.float32)
+    scores = scores * (head_dim**-0.5)
+    visible = k_positions[:, None, :] <= q_positions[:, :, None]  # [batch, T, S]
+    scores = jnp.where(visible[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(batch, t, n_heads * head_dim)
+
+
+def write_kv(
+    buffer: jax.Array,  # dtype [batch, capacity, n_kv_heads, head_dim]
+    new: jax.Array,  # dtype [batch, T, n_kv_heads, head_dim]
+    positions: jax.Array,  # int32 [batch, T]
+) -> jax.Array:  # dtype [batch, capacity, n_kv_heads, head_dim]
+    """Scatters ``new`` at each row's ``positions``; positions >= capacity are dropped."""
+    rows = jnp.arange(buffer.shape[0])[:, None]
+    return buffer.at[rows, positions].set(new.astype(buffer.dtype), mode="drop")
+
+
+def _dense(config: LlamaConfig, features: int, name: str, use_bias: bool = False) -> nn.Dense:
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        dtype=config.dtype,
+        param_dtype=config.param_dtype,
+        kernel_init=_INIT,
+        name=name,
+    )
+
+
+class Attention(nn.Module):
+    """Self-attention with RoPE and grouped key/value heads."""
+
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,  # dtype [batch, T, dim]
+        positions: jax.Array,  # int32 [batch, T]
+        kv: LayerKV | None,
+    ) -> tuple[jax.Array, LayerKV | None]:  # dtype [batch, T, dim], the updated layer cache
+        """With ``kv=None`` the T tokens attend causally among themselves (no cache).
+
+        Otherwise the new keys/values are written into ``kv`` at ``positions`` and every query
+        attends to the cache slots at or before its own position.
+        """
+        cfg = self.config
+        batch, t, _ = x.shape
+        bias = cfg.attention_bias
+        q = _dense(cfg, cfg.n_heads * cfg.head_dim, "q_proj", bias)(x).reshape(batch, t, cfg.n_heads, cfg.head_dim)
+        k = _dense(cfg, cfg.n_kv_heads * cfg.head_dim, "k_proj", bias)(x).reshape(batch, t, cfg.n_kv_heads, -1)
+        v = _dense(cfg, cfg.n_kv_heads * cfg.head_dim, "v_proj", bias)(x).reshape(batch, t, cfg.n_kv_heads, -1)
+        q = apply_rope(q, positions, cfg)
+        k = apply_rope(k, positions, cfg)
+        if kv is None:
+            out = attend(q, k, v, positions, positions)
+            new_kv = None
+        else:
+            keys = write_kv(kv[0], k, positions)
+            values = write_kv(kv[1], v, positions)
+            slots = jnp.broadcast_to(jnp.arange(keys.shape[1], dtype=jnp.int32), (batch, keys.shape[1]))
+            out = attend(q, keys, values, positions, slots)
+            new_kv = (keys, values)
+        return _dense(cfg, cfg.dim, "o_proj")(out), new_kv
+
+
+class MLP(nn.Module):
+    """SwiGLU: ``down(silu(gate(x)) * up(x))``."""
+
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:  # dtype [batch, T, dim] -> same
+        cfg = self.config
+        gate = _dense(cfg, cfg.hidden_dim, "gate_proj")(x)
+        up = _dense(cfg, cfg.hidden_dim, "up_proj")(x)
+        return _dense(cfg, cfg.dim, "down_proj")(nn.silu(gate) * up)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``h = x + attn(norm(x)); out = h + mlp(norm(h))``."""
+
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,  # dtype [batch, T, dim]
+        positions: jax.Array,  # int32 [batch, T]
+        kv: LayerKV | None,
+    ) -> tuple[jax.Array, LayerKV | None]:
+        attn_out, kv = Attention(self.config, name="attn")(RMSNorm(self.config, name="attn_norm")(x), positions, kv)
+        h = x + attn_out
+        return h + MLP(self.config, name="mlp")(RMSNorm(self.config, name="mlp_norm")(h)), kv
+
+
+class Transformer(nn.Module):
+    """Token ids -> float32 logits, optionally reading and writing a per-layer cache."""
+
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        tokens: jax.Array,  # int32 [batch, T]
+        positions: jax.Array,  # int32 [batch, T]
+        kv: tuple[LayerKV, ...] | None,  # one (keys, values) per layer, or None for no cache
+    ) -> tuple[jax.Array, tuple[LayerKV, ...] | None]:  # float32 [batch, T, vocab], updated caches
+        cfg = self.config
+        embed = nn.Embed(
+            cfg.vocab_size, cfg.dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype, embedding_init=_INIT, name="embed"
+        )
+        x = embed(tokens)
+        new_kv = []
+        for i in range(cfg.n_layers):
+            x, layer_kv = Block(cfg, name=f"layers_{i}")(x, positions, None if kv is None else kv[i])
+            new_kv.append(layer_kv)
+        x = RMSNorm(cfg, name="final_norm")(x)
+        if cfg.tie_embeddings:
+            logits = embed.attend(x)
+        else:
+            logits = _dense(cfg, cfg.vocab_size, "lm_head")(x)
+        return logits.astype(jnp.float32), None if kv is None else tuple(new_kv)
