@@ -1,0 +1,227 @@
+"""Beam helpers shared by beam search and diverse beam search: flatten/unflatten beams, gather
+by parent, top-k over beams x candidates, length penalty, the plain top-k selector, host-side
+input checks and the sorted output.
+
+Layout conventions: beam state is ``[rows, beams, ...]``; the model cache holds the same beams
+flattened as ``rows * beams`` cache rows, beam ``j`` of row ``r`` at cache row ``r * beams + j``.
+
+Worked example (2 beams, 3 candidates each)::
+
+    scores = [[[-1.0, -0.5, -9.0],      # beam 0
+               [-0.7, -9.0, -0.2]]]     # beam 1
+    parent, column = top_beams(scores, 2)
+    parent -> [[1, 0]]; column -> [[2, 1]]      scores -0.2 (beam 1, col 2), -0.5 (beam 0, col 1)
+    parent_rows(parent, 2) -> [1, 0]            cache rows to gather for the new beams
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Protocol, TypeVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from constraints import TrieIndex
+from decoding import validation
+from decoding.prefill import bucket_length, pad_prompts
+
+PyTree = TypeVar("PyTree")
+
+
+def flatten_beams(x: jax.Array) -> jax.Array:
+    """``[rows, beams, ...]`` -> ``[rows * beams, ...]``."""
+    return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+
+
+def unflatten_beams(x: jax.Array, num_beams: int) -> jax.Array:
+    """``[rows * beams, ...]`` -> ``[rows, beams, ...]`` (``num_beams`` static)."""
+    return x.reshape((x.shape[0] // num_beams, num_beams) + x.shape[1:])
+
+
+def gather_beams(tree: PyTree, parent: jax.Array) -> PyTree:
+    """Takes beams by parent from every leaf ``[rows, beams, ...]`` of ``tree``.
+
+    ``parent``: int32 [rows, new_beams]; leaf ``x`` becomes ``x[r, parent[r, j]]`` at ``[r, j]``.
+    """
+
+    def take(leaf: jax.Array) -> jax.Array:
+        index = parent.reshape(parent.shape + (1,) * (leaf.ndim - 2))
+        return jnp.take_along_axis(leaf, index, axis=1)
+
+    return jax.tree.map(take, tree)
+
+
+def parent_rows(
+    parent: jax.Array,  # int32 [rows, new_beams]
+    old_beams: int,
+) -> jax.Array:  # int32 [rows * new_beams]
+    """The flat cache rows (of a ``rows * old_beams`` cache) that the new beams continue."""
+    base = jnp.arange(parent.shape[0], dtype=jnp.int32)[:, None] * old_beams
+    return (base + parent.astype(jnp.int32)).reshape(-1)
+
+
+def top_beams(
+    scores: jax.Array,  # float32 [rows, beams, candidates]
+    k: int,
+) -> tuple[jax.Array, jax.Array]:  # int32 [rows, k], int32 [rows, k]
+    """The ``k`` best (beam, candidate) pairs of each row, best first, as ``(parent, column)``.
+
+    Ties go to the lower flat index ``beam * candidates + candidate``. ``k`` is static and must
+    not exceed ``beams * candidates``.
+    """
+    num_candidates = scores.shape[2]
+    _, flat = jax.lax.top_k(scores.reshape(scores.shape[0], -1), k)
+    return (flat // num_candidates).astype(jnp.int32), (flat % num_candidates).astype(jnp.int32)
+
+
+def take_candidates(
+    values: jax.Array,  # [rows, beams, candidates]
+    parent: jax.Array,  # int32 [rows, k]
+    column: jax.Array,  # int32 [rows, k]
+) -> jax.Array:  # [rows, k]
+    """``values[r, parent[r, j], column[r, j]]`` for every ``(r, j)``."""
+    flat = values.reshape(values.shape[0], -1)
+    return jnp.take_along_axis(flat, parent * values.shape[2] + column, axis=1)
+
+
+def length_penalty(
+    lengths: jax.Array,  # int32 [...], each >= 1
+    alpha: jax.Array,  # float32, broadcastable to lengths
+) -> jax.Array:  # float32 [...]
+    """The divisor ``lengths ** alpha`` of a hypothesis' summed log-probability.
+
+    ``alpha = 0`` ranks by the raw sum; ``alpha = 1`` by the mean per-token log-probability.
+    ``lengths`` counts the new tokens, a final EOS included.
+    """
+    return jnp.power(lengths.astype(jnp.float32), jnp.asarray(alpha, jnp.float32))
+
+
+class BeamSelector(Protocol):
+    """Chooses the next live beams of each loop row from dense candidate scores.
+
+    ``num_groups`` (static) splits the beams of a batch row into groups that each occupy one
+    loop row: loop rows are ``batch * num_groups``, consecutive per batch row.
+    """
+
+    num_groups: int
+
+    def select(
+        self,
+        scores: jax.Array,  # float32 [rows, beams, vocab]  summed log-probs of each continuation
+    ) -> tuple[jax.Array, jax.Array]:  # parent int32 [rows, beams], token int32 [rows, beams]
+        ...
+
+
+@struct.dataclass
+class TopBeams:
+    """Ordinary beam search: the best ``beams`` (beam, token) pairs by summed log-probability."""
+
+    num_groups: ClassVar[int] = 1
+
+    def select(self, scores: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return top_beams(scores, scores.shape[1])
+
+
+def check_constraint(index: TrieIndex, vocab_size: int) -> None:
+    """The index must be a :class:`TrieIndex` over the model's vocabulary (host-side)."""
+    if not isinstance(index, TrieIndex):
+        raise ValueError(f"constraint must be a constraints.TrieIndex, got {type(index).__name__}")
+    if index.vocab_size != vocab_size:
+        raise ValueError(f"the constraint's vocab_size {index.vocab_size} differs from the model's {vocab_size}")
+
+
+@struct.dataclass
+class BeamSearchOutput:
+    """What :func:`beam_search` returns; beams sorted best first by ``scores``."""
+
+    sequences: jax.Array  # int32 [batch, beams, width]  new tokens, pad_id after each end
+    lengths: jax.Array  # int32 [batch, beams]  new tokens, EOS included; 0 when invalid
+    scores: jax.Array  # float32 [batch, beams]  log_probs / lengths ** length_penalty; -inf when invalid
+    log_probs: jax.Array  # float32 [batch, beams]  summed model log-probs; -inf when invalid
+    valid: jax.Array  # bool [batch, beams]  a real hypothesis (complete item / EOS / max length)
+
+
+@struct.dataclass
+class PreparedInputs:
+    """Host-checked inputs shared by :func:`beam_search` and diverse beam search."""
+
+    prompts: jax.Array  # int32 [batch, bucket]  zero-padded to the bucket width
+    prompt_lengths: jax.Array  # int32 [batch]
+    eos_ids: tuple[int, ...] = struct.field(pytree_node=False)  # the tokens that end a hypothesis
+    width: int = struct.field(pytree_node=False)  # output width (new tokens)
+
+
+def prepare_inputs(
+    model: Any,
+    params: Any,
+    cache: Any,
+    prompts: Any,
+    prompt_lengths: Any,
+    *,
+    num_beams: int,
+    max_new_tokens: int | None,
+    eos_ids: tuple[int, ...],
+    constraint: TrieIndex | None,
+    min_bucket: int,
+) -> PreparedInputs:
+    """Validates everything before tracing (clear ValueErrors) and buckets the prompt width."""
+    if not isinstance(num_beams, int) or isinstance(num_beams, bool) or num_beams < 1:
+        raise ValueError(f"num_beams must be a positive int, got {num_beams!r}")
+    prompts_np, lengths_np = validation.check_prompts(prompts, prompt_lengths)
+    vocab_size = validation.infer_vocab_size(model, params, cache)
+    validation.check_prompt_tokens(prompts_np, lengths_np, vocab_size)
+    eos_ids = validation.check_token_ids("eos_ids", eos_ids, vocab_size)
+    if len(set(eos_ids)) != len(eos_ids):
+        raise ValueError(f"eos_ids must be distinct, got {eos_ids}")
+    if constraint is not None:
+        check_constraint(constraint, vocab_size)
+        if max_new_tokens is None:
+            max_new_tokens = constraint.depth
+        if constraint.fixed_length:
+            if eos_ids:
+                raise ValueError("a fixed-length constraint has no EOS: its items are exactly depth tokens; pass eos_ids=()")
+            if max_new_tokens != constraint.depth:
+                raise ValueError(
+                    f"a fixed-length constraint emits exactly depth={constraint.depth} tokens; "
+                    f"got max_new_tokens={max_new_tokens}"
+                )
+        else:
+            if eos_ids not in ((), (constraint.eos_id,)):
+                raise ValueError(f"a variable-length constraint ends items with its eos_id {constraint.eos_id}; got eos_ids={eos_ids}")
+            eos_ids = (constraint.eos_id,)
+    if max_new_tokens is None:
+        raise ValueError("max_new_tokens is required without a constraint")
+    limits, width = validation.check_new_tokens(max_new_tokens, None, prompts_np.shape[0])
+    cache_lengths = np.asarray(cache.lengths).astype(np.int32)
+    validation.check_capacity(cache_lengths, lengths_np, limits, cache.capacity)
+    bucket = bucket_length(int(lengths_np.max()), cache.capacity - int(cache_lengths.max()), min_bucket)
+    return PreparedInputs(
+        prompts=jnp.asarray(pad_prompts(prompts_np, lengths_np, bucket)),
+        prompt_lengths=jnp.asarray(lengths_np),
+        eos_ids=eos_ids,
+        width=width,
+    )
+
+
+def to_output(final: dict[str, jax.Array], pad_id: jax.Array) -> BeamSearchOutput:
+    """Sorts hypotheses ``[batch, beams]`` best first (stably) and blanks the invalid ones."""
+    order = jnp.argsort(-final["scores"], axis=1, stable=True)
+    final = gather_beams(final, order)
+    valid = jnp.isfinite(final["scores"])
+    return BeamSearchOutput(
+        sequences=jnp.where(valid[..., None], final["tokens"], pad_id),
+        lengths=jnp.where(valid, final["lengths"], 0),
+        scores=jnp.where(valid, final["scores"], -jnp.inf),
+        log_probs=jnp.where(valid, final["log_probs"], -jnp.inf),
+        valid=valid,
+    )
+
+
+def per_row_alpha(length_penalty_value: Any, batch: int) -> jax.Array:
+    """The length penalty exponent as float32 [batch] (a scalar or a [batch] array)."""
+    alpha = jnp.asarray(length_penalty_value, jnp.float32)
+    if alpha.ndim > 1 or (alpha.ndim == 1 and alpha.shape[0] != batch):
+        raise ValueError(f"length_penalty must be a scalar or shape ({batch},), got shape {alpha.shape}")
+    return jnp.broadcast_to(alpha, (batch,))

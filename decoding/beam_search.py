@@ -1,0 +1,395 @@
+"""Beam search in one jit-compiled program, optionally constrained to a trie of items.
+
+Hypotheses are ranked by ``score = log_prob / length ** length_penalty`` (the HF-style
+``len ** alpha`` penalty; ``log_prob`` is the model's summed log-softmax of the new tokens,
+``length`` counts them, a final EOS included). ``length_penalty = 0`` ranks by the raw sum.
+
+Algorithm (T5X / HF style):
+
+1. Prefill the ragged batch once (``batch`` cache rows), then repeat every cache row
+   ``num_beams`` times. Every batch row starts with one live beam of log-prob 0 (the others -inf).
+2. Each step scores every live beam's continuations. A continuation by an EOS id goes to a
+   separate *finished pool* of ``num_beams`` hypotheses ranked by penalized score; the best
+   ``num_beams`` other continuations become the new live beams, and the KV cache rows are
+   gathered by parent beam (:func:`decoding.cache_rows.gather_rows`).
+3. After ``max_new_tokens`` steps the live beams join the pool as truncated hypotheses (only
+   unconstrained; a constrained hypothesis must be complete).
+
+Early stop (exact): a batch row stops improving once no live beam can beat its worst finished
+hypothesis. Log-probs are <= 0, so a live beam with sum ``s`` after ``t`` tokens finishes with a
+score of at most ``max(s / (t+1) ** a, s / max_new_tokens ** a)`` (``s / L ** a`` is monotone in
+``L``); the loop ends when every row's best such bound is strictly below its worst finished score.
+
+Constraints (``constraint=``, a :class:`constraints.TrieIndex`):
+
+* fixed-length index: the SPARSE path. ``index.depth`` steps, unrolled in Python (the width
+  ``K = index.max_branching[d]`` differs per depth); each step ranks ``beams x K`` candidates
+  from :func:`decoding.constrained.sparse_candidates`. Outputs are exactly the items' tokens.
+* variable-length index: the DENSE path. Log-probs outside :func:`constraints.allowed_mask`
+  are -inf; ``index.eos_id`` is the only EOS and a hypothesis finishes when its state is
+  complete.
+
+Log-probs are never renormalized over the allowed tokens: a constrained score is the model's
+exact sequence log-probability. Beams beyond the reachable hypotheses come back with
+``valid = False``, score and log-prob -inf, length 0 and ``pad_id`` tokens.
+
+Worked example (``BigramModel()``, ``counting_params(6)``: after t the top token is t+1 with
+log-prob ``-p``, ``p = log(1 + 5 e^-10) ~ 2.3e-4``; every other token has ``-10 - p``)::
+
+    prompts = [[1]], num_beams = 2, max_new_tokens = 3, eos_ids = (4,), length_penalty = 0
+    step 0: EOS "4" (-10-p) -> pool;   live "2" (-p), "0" (-10-p; ties go to the lowest id)
+    step 1: EOS "2 4" (-10-2p) -> pool [ "4", "2 4" ];   live "2 3" (-2p), "2 0" (-10-2p)
+    step 2: EOS "2 3 4" (-3p) -> pool [ "2 3 4", "4" ];  live beams (<= -10-3p) cannot enter
+    out.sequences = [[[2, 3, 4], [4, pad, pad]]], out.lengths = [[3, 1]]
+    out.scores = out.log_probs = [[-3p, -10-p]]
+
+``tests/test_beam_search.py`` replays this example.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from constraints import TrieIndex, advance, initial_state, is_complete
+from decoding.beam_helpers import (
+    BeamSearchOutput,
+    TopBeams,
+    gather_beams,
+    length_penalty,
+    parent_rows,
+    per_row_alpha,
+    prepare_inputs,
+    take_candidates,
+    to_output,
+)
+from decoding.cache_rows import gather_rows, repeat_rows
+from decoding.constrained import mask_log_probs, sparse_beam_search
+from decoding.prefill import DEFAULT_MIN_BUCKET, prefill
+
+
+@struct.dataclass
+class BeamSettings:
+    """Traced per-call inputs of the dense loop (the selector's type and static fields, the
+    number of EOS ids and the constraint's metadata recompile; values do not)."""
+
+    selector: Any  # a decoding.beam_helpers.BeamSelector
+    eos_ids: jax.Array  # int32 [num_eos]  tokens that end a hypothesis
+    alpha: jax.Array  # float32 [batch]  length penalty exponent
+    constraint: TrieIndex | None  # dense-mask automaton, or None
+
+
+@struct.dataclass
+class Live:
+    """Live beams. ``rows = batch * num_groups``; ``beams`` per group."""
+
+    tokens: jax.Array  # int32 [rows, beams, width]  tokens so far, pad_id after
+    log_probs: jax.Array  # float32 [rows, beams]  summed model log-probs, -inf for dead beams
+    states: jax.Array | None  # int32 [rows, beams]  automaton states (None: unconstrained)
+
+
+@struct.dataclass
+class Finished:
+    """The finished pool of each row, sorted best first."""
+
+    tokens: jax.Array  # int32 [rows, beams, width]
+    lengths: jax.Array  # int32 [rows, beams]  new tokens, EOS included
+    log_probs: jax.Array  # float32 [rows, beams]  summed model log-probs
+    scores: jax.Array  # float32 [rows, beams]  log_probs / lengths ** alpha; -inf for empty slots
+
+
+@struct.dataclass
+class BeamCarry:
+    """The ``lax.while_loop`` carry of the dense loop."""
+
+    cache: Any  # model-facing: decode cache with rows * beams rows, beam-major within a row
+    step: jax.Array  # int32 []  tokens every live beam holds
+    live: Live
+    finished: Finished
+    done: jax.Array  # bool [rows]  no live beam can still change the pool
+
+
+def _merge_finished(
+    pool: Finished,
+    tokens: jax.Array,  # int32 [rows, n, width]
+    lengths: jax.Array,  # int32 [rows, n]
+    log_probs: jax.Array,  # float32 [rows, n]  -inf for non-candidates
+    alpha: jax.Array,  # float32 [rows]
+) -> Finished:
+    """The best ``beams`` of the pool and ``n`` new hypotheses; pool entries win ties."""
+    scores = log_probs / length_penalty(lengths, alpha[:, None])
+    both = jax.tree.map(
+        lambda a, b: jnp.concatenate([a, b], axis=1), pool, Finished(tokens, lengths, log_probs, scores)
+    )
+    _, best = jax.lax.top_k(both.scores, pool.scores.shape[1])
+    return gather_beams(both, best)
+
+
+def _select(
+    carry: BeamCarry,
+    log_probs: jax.Array,  # float32 [rows, beams, vocab]  next-token log-probs, -inf where masked
+    settings: BeamSettings,
+    alpha: jax.Array,  # float32 [rows]
+) -> BeamCarry:
+    """One step: EOS continuations into the pool, the selector's picks as the new live beams,
+    the cache gathered by parent, and the exact early-stop test."""
+    live, step, index = carry.live, carry.step, settings.constraint
+    rows, beams, vocab = log_probs.shape
+    width = live.tokens.shape[2]
+    at_step = jnp.arange(width) == step
+    finished = carry.finished
+    num_eos = settings.eos_ids.shape[0]
+    if num_eos:
+        eos = settings.eos_ids
+        ends = live.log_probs[..., None] + jnp.take(log_probs, eos, axis=2)  # [rows, beams, num_eos]
+        if index is not None:
+            after = advance(index, jnp.broadcast_to(live.states[..., None], ends.shape), jnp.broadcast_to(eos, ends.shape))
+            ends = jnp.where(is_complete(index, after), ends, -jnp.inf)
+        end_tokens = jnp.where(at_step, eos[None, None, :, None], live.tokens[:, :, None, :])
+        finished = _merge_finished(
+            finished,
+            end_tokens.reshape(rows, beams * num_eos, width),
+            jnp.full((rows, beams * num_eos), step + 1, jnp.int32),
+            ends.reshape(rows, beams * num_eos),
+            alpha,
+        )
+        log_probs = log_probs.at[..., eos].set(-jnp.inf)
+    scores = live.log_probs[..., None] + log_probs
+    parent, token = settings.selector.select(scores)
+    new_log_probs = take_candidates(scores, parent, token)
+    states = None if index is None else advance(index, gather_beams(live.states, parent), token)
+    new_live = Live(
+        tokens=jnp.where(at_step, token[..., None], gather_beams(live.tokens, parent)),
+        log_probs=new_log_probs,
+        states=states,
+    )
+    best = jnp.max(new_log_probs, axis=1)
+    bound = jnp.maximum(
+        best / length_penalty(jnp.minimum(step + 2, width), alpha), best / length_penalty(jnp.asarray(width), alpha)
+    )
+    done = carry.done | (bound < finished.scores[:, -1]) | (best == -jnp.inf)
+    return BeamCarry(
+        cache=gather_rows(carry.cache, parent_rows(parent, beams)),
+        step=step + 1,
+        live=new_live,
+        finished=finished,
+        done=done,
+    )
+
+
+def run_dense(
+    model: Any,
+    params: Any,
+    cache: Any,
+    prompts: jax.Array,  # int32 [batch, bucket]
+    prompt_lengths: jax.Array,  # int32 [batch]
+    settings: BeamSettings,
+    num_beams: int,
+    width: int,
+    pad_id: jax.Array,  # int32 []
+) -> dict[str, jax.Array]:
+    """The dense loop (traceable): prefill, repeat, select until done; then the live beams at
+    max length join the pool. ``model``, ``num_beams`` and ``width`` are static.
+
+    Returns the pool as a dict of ``tokens, lengths, log_probs, scores``, each
+    ``[batch, num_beams, ...]`` (group-major when the selector has groups; not yet sorted).
+    """
+    groups = settings.selector.num_groups
+    beams = num_beams // groups
+    batch = prompts.shape[0]
+    rows = batch * groups
+    index = settings.constraint
+    alpha = jnp.repeat(settings.alpha, groups)
+    first_logits, cache = prefill(model, params, cache, prompts, prompt_lengths)
+    vocab = first_logits.shape[-1]
+    first = jnp.repeat(jax.nn.log_softmax(first_logits, axis=-1), groups, axis=0)
+    first = jnp.broadcast_to(first[:, None, :], (rows, beams, vocab))
+    states = None if index is None else initial_state(index, (rows, beams))
+    if index is not None:
+        first = mask_log_probs(index, states, first)
+    carry = BeamCarry(
+        cache=repeat_rows(cache, num_beams),
+        step=jnp.zeros((), jnp.int32),
+        live=Live(
+            tokens=jnp.full((rows, beams, width), pad_id, jnp.int32),
+            log_probs=jnp.full((rows, beams), -jnp.inf, jnp.float32).at[:, 0].set(0.0),
+            states=states,
+        ),
+        finished=Finished(
+            tokens=jnp.full((rows, beams, width), pad_id, jnp.int32),
+            lengths=jnp.zeros((rows, beams), jnp.int32),
+            log_probs=jnp.full((rows, beams), -jnp.inf, jnp.float32),
+            scores=jnp.full((rows, beams), -jnp.inf, jnp.float32),
+        ),
+        done=jnp.zeros((rows,), bool),
+    )
+    carry = _select(carry, first, settings, alpha)
+
+    def not_finished(c: BeamCarry) -> jax.Array:
+        return (c.step < width) & ~jnp.all(c.done)
+
+    def body(c: BeamCarry) -> BeamCarry:
+        last = jax.lax.dynamic_index_in_dim(c.live.tokens, c.step - 1, axis=2, keepdims=False)
+        logits, cache = model(params, last.reshape(-1, 1), c.cache, jnp.ones((rows * beams,), jnp.int32))
+        log_probs = jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), axis=-1).reshape(rows, beams, vocab)
+        if index is not None:
+            log_probs = mask_log_probs(index, c.live.states, log_probs)
+        return _select(c.replace(cache=cache), log_probs, settings, alpha)
+
+    carry = jax.lax.while_loop(not_finished, body, carry)
+    keep = (carry.step == width) & jnp.isfinite(carry.live.log_probs)
+    if index is not None:
+        keep &= is_complete(index, carry.live.states)
+    pool = _merge_finished(
+        carry.finished,
+        carry.live.tokens,
+        jnp.full((rows, beams), width, jnp.int32),
+        jnp.where(keep, carry.live.log_probs, -jnp.inf),
+        alpha,
+    )
+    return {
+        "tokens": pool.tokens.reshape(batch, num_beams, width),
+        "lengths": pool.lengths.reshape(batch, num_beams),
+        "log_probs": pool.log_probs.reshape(batch, num_beams),
+        "scores": pool.scores.reshape(batch, num_beams),
+    }
+
+
+@functools.partial(jax.jit, static_argnames=("model", "num_beams"))
+def _sparse_jit(
+    model: Any,
+    params: Any,
+    cache: Any,
+    prompts: jax.Array,  # int32 [batch, bucket]
+    prompt_lengths: jax.Array,  # int32 [batch]
+    index: TrieIndex,
+    alpha: jax.Array,  # float32 [batch]
+    pad_id: jax.Array,  # int32 []
+    num_beams: int,
+) -> BeamSearchOutput:
+    final = sparse_beam_search(model, params, cache, prompts, prompt_lengths, index, alpha, pad_id, num_beams)
+    return to_output(final, pad_id)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "num_beams", "width"))
+def _dense_jit(
+    model: Any,
+    params: Any,
+    cache: Any,
+    prompts: jax.Array,  # int32 [batch, bucket]
+    prompt_lengths: jax.Array,  # int32 [batch]
+    settings: BeamSettings,
+    pad_id: jax.Array,  # int32 []
+    num_beams: int,
+    width: int,
+) -> BeamSearchOutput:
+    return to_output(run_dense(model, params, cache, prompts, prompt_lengths, settings, num_beams, width, pad_id), pad_id)
+
+
+def compiled_variants() -> int:
+    """Compiled programs of both paths in this process (for recompile tests)."""
+    return _sparse_jit._cache_size() + _dense_jit._cache_size()
+
+
+def run_beam_search(
+    model: Any,
+    params: Any,
+    cache: Any,
+    inputs: Any,
+    settings: BeamSettings,
+    num_beams: int,
+    pad_id: int,
+) -> BeamSearchOutput:
+    """Runs the dense loop on checked inputs (shared with diverse beam search)."""
+    return _dense_jit(
+        model,
+        params,
+        cache,
+        inputs.prompts,
+        inputs.prompt_lengths,
+        settings,
+        jnp.asarray(pad_id, jnp.int32),
+        num_beams,
+        inputs.width,
+    )
+
+
+def beam_search(
+    model: Any,
+    params: Any,
+    cache: Any,
+    prompts: Any,
+    prompt_lengths: Any,
+    *,
+    num_beams: int,
+    max_new_tokens: int | None = None,
+    eos_ids: tuple[int, ...] = (),
+    length_penalty: Any = 1.0,
+    constraint: TrieIndex | None = None,
+    pad_id: int = 0,
+    min_bucket: int = DEFAULT_MIN_BUCKET,
+) -> BeamSearchOutput:
+    """The ``num_beams`` best continuations of each prompt (see the module docstring).
+
+    Args:
+      model: a hashable :class:`decoding.protocol.DecodeModel`. Static.
+      params: the model's parameters. Traced.
+      cache: a decode cache with ``batch`` rows and room for prompt + ``max_new_tokens``
+        per row; repeated to ``batch * num_beams`` rows inside. Traced (not donated).
+      prompts: int [batch, P] right-padded; prompt_lengths: int [batch], each >= 1. The prompt
+        width is bucketed (the bucket is static), the lengths are traced.
+      num_beams: beams per prompt. Static.
+      max_new_tokens: output width (static). Default with a constraint: ``constraint.depth``;
+        a fixed-length constraint requires exactly that.
+      eos_ids: tuple of distinct ids that end a hypothesis; their number is static. Must be
+        ``()`` with a fixed-length constraint; with a variable-length one it is
+        ``(constraint.eos_id,)`` (``()`` means the same).
+      length_penalty: exponent ``a`` of ``length ** a``; float scalar or float [batch]. Traced.
+      constraint: a :class:`constraints.TrieIndex`, or None. Its arrays are traced, its
+        metadata (depth, branching, vocab, eos) static.
+      pad_id: fills sequences after each end and invalid beams. Traced.
+      min_bucket: smallest prompt bucket. Static.
+
+    Returns:
+      :class:`BeamSearchOutput`, ``[batch, num_beams, ...]``, best first.
+
+    Raises:
+      ValueError: bad shapes, ids outside the vocabulary, a budget that does not fit the
+        cache, or a constraint inconsistent with the model or with ``eos_ids``.
+    """
+    inputs = prepare_inputs(
+        model,
+        params,
+        cache,
+        prompts,
+        prompt_lengths,
+        num_beams=num_beams,
+        max_new_tokens=max_new_tokens,
+        eos_ids=eos_ids,
+        constraint=constraint,
+        min_bucket=min_bucket,
+    )
+    alpha = per_row_alpha(length_penalty, inputs.prompts.shape[0])
+    if constraint is not None and constraint.fixed_length:
+        return _sparse_jit(
+            model,
+            params,
+            cache,
+            inputs.prompts,
+            inputs.prompt_lengths,
+            constraint,
+            alpha,
+            jnp.asarray(pad_id, jnp.int32),
+            num_beams,
+        )
+    settings = BeamSettings(
+        selector=TopBeams(),
+        eos_ids=jnp.asarray(inputs.eos_ids, jnp.int32).reshape(len(inputs.eos_ids)),
+        alpha=alpha,
+        constraint=constraint,
+    )
+    return run_beam_search(model, params, cache, inputs, settings, num_beams, pad_id)
