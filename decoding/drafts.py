@@ -1,0 +1,317 @@
+"""Draft sources for speculative decoding, behind one small interface (:class:`DraftSource`).
+
+A draft source is a pytree (its arrays traced, its configuration static) with three methods:
+
+* ``start(prompts, prompt_lengths, first_tokens, context_width)`` -> its state, after the
+  prompt and the first emitted token;
+* ``propose(state, num_tokens, sampler, keys, constraint, constraint_state)`` -> the state,
+  ``k`` draft tokens int32 [batch, k] and the draft distributions ``q`` float32
+  [batch, k, vocab] (log-probabilities, processed like the target's: ``sampler.log_probs``
+  after the constraint mask) the tokens were drawn from;
+* ``commit(state, emitted, num_emitted)`` -> the state after each row emitted
+  ``emitted[b, :num_emitted[b]]`` (0 for rows that are done: they keep their state).
+
+Two sources:
+
+* :class:`ModelDraft`: a smaller model with its own cache, kept in step with the target by
+  lowering its lengths after each round (nothing is copied).
+* :class:`PromptLookupDraft`: n-gram prompt lookup, no model: copies what followed the most
+  recent earlier occurrence of the context's last ``ngram`` tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from constraints import advance, allowed_mask
+from decoding.acceptance import NEG_INF, sample_rows
+from decoding import validation
+from decoding.cache_rows import set_lengths
+from decoding.prefill import last_valid
+
+
+def masked_scores(
+    logits: jax.Array,  # float32 [..., vocab]
+    constraint: Any,  # a constraints.TrieIndex, or None
+    constraint_state: jax.Array,  # int32 [...]
+) -> jax.Array:  # float32 [..., vocab]
+    """What a sampler reads: the logits themselves without a constraint; with one, the model's
+    log_softmax with the tokens the automaton does not allow set to -inf (as
+    :func:`decoding.constrained.constrained_generate` does). A state that allows nothing (dead
+    or complete; such a position is never emitted) is left unmasked so that no NaN appears."""
+    logits = logits.astype(jnp.float32)
+    if constraint is None:
+        return logits
+    mask = allowed_mask(constraint, constraint_state)
+    mask = mask | ~jnp.any(mask, axis=-1, keepdims=True)
+    return jnp.where(mask, jax.nn.log_softmax(logits, axis=-1), NEG_INF)
+
+
+def advance_constraint(
+    constraint: Any,  # a constraints.TrieIndex, or None
+    constraint_state: jax.Array,  # int32 [batch]
+    tokens: jax.Array,  # int32 [batch]
+) -> jax.Array:  # int32 [batch]
+    """The automaton state after ``tokens`` (unchanged when there is no constraint)."""
+    if constraint is None:
+        return constraint_state
+    return advance(constraint, constraint_state, tokens)
+
+
+class DraftSource(Protocol):
+    """The interface the speculative loop drives (see the module docstring)."""
+
+    def start(
+        self,
+        prompts: jax.Array,  # int32 [batch, P], right-padded
+        prompt_lengths: jax.Array,  # int32 [batch]
+        first_tokens: jax.Array,  # int32 [batch]
+        context_width: int,
+    ) -> Any: ...
+
+    def propose(
+        self,
+        state: Any,
+        num_tokens: int,
+        sampler: Any,
+        keys: jax.Array,  # key [batch]
+        constraint: Any,
+        constraint_state: jax.Array,  # int32 [batch]
+    ) -> tuple[Any, jax.Array, jax.Array]: ...  # state, int32 [batch, k], float32 [batch, k, vocab]
+
+    def commit(
+        self,
+        state: Any,
+        emitted: jax.Array,  # int32 [batch, k + 1]
+        num_emitted: jax.Array,  # int32 [batch]
+    ) -> Any: ...
+
+    def shardings(self, rows: Any, replicated: Any, params: Any) -> Any:
+        """A prefix pytree of shardings for this source: ``rows`` for batch-leading arrays,
+        ``params(tree)`` for model weights, ``replicated`` for anything shared."""
+        ...
+
+
+@struct.dataclass
+class ModelDraftState:
+    """A draft model's cache plus the context tokens it has not read yet.
+
+    The draft has read the whole context except its last ``num_pending`` tokens (1, or 2
+    after a round that accepted every draft: the last draft, never fed, and the target's
+    token). Its next round feeds them in one call with ``num_valid = num_pending``.
+    """
+
+    cache: Any  # the draft model's decode cache; lengths int32 [batch]
+    pending: jax.Array  # int32 [batch, 2]  unread context tokens, left-aligned
+    num_pending: jax.Array  # int32 [batch]  1 or 2
+
+
+@struct.dataclass
+class ModelDraft:
+    """A draft model (any :class:`decoding.protocol.DecodeModel` with the target's vocabulary).
+
+    ``model`` is static (hashable); ``params`` and ``cache`` (an empty or partly filled decode
+    cache of the draft, same batch as the target's) are traced. The draft may be the target
+    itself, a smaller model, or a perturbed copy.
+    """
+
+    model: Any = struct.field(pytree_node=False)
+    params: Any
+    cache: Any
+
+    def start(self, prompts, prompt_lengths, first_tokens, context_width) -> ModelDraftState:
+        """Prefills the draft cache with the prompts; the first token stays pending."""
+        del context_width
+        _, cache = self.model(self.params, prompts, self.cache, prompt_lengths.astype(jnp.int32))
+        pending = jnp.stack([first_tokens, jnp.zeros_like(first_tokens)], axis=1).astype(jnp.int32)
+        return ModelDraftState(cache=cache, pending=pending, num_pending=jnp.ones_like(first_tokens, jnp.int32))
+
+    def propose(self, state, num_tokens, sampler, keys, constraint, constraint_state):
+        """``num_tokens`` (static) autoregressive draft steps: the first feeds the pending tokens,
+        each later one the previous draft. Draft ``j`` is drawn with ``fold_in(keys[b], j)``."""
+
+        def draw(logits, cstate, j):
+            log_q = sampler.log_probs(masked_scores(logits, constraint, cstate))
+            token = sample_rows(jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, j), log_q)
+            return token, log_q, advance_constraint(constraint, cstate, token)
+
+        logits, cache = self.model(self.params, state.pending, state.cache, state.num_pending)
+        token, log_q, cstate = draw(last_valid(logits, state.num_pending), constraint_state, 0)
+
+        def step(carry, j):
+            token, cache, cstate = carry
+            ones = jnp.ones_like(token)
+            logits, cache = self.model(self.params, token[:, None], cache, ones)
+            next_token, log_q, cstate = draw(logits[:, 0], cstate, j)
+            return (next_token, cache, cstate), (next_token, log_q)
+
+        (_, cache, _), (later_tokens, later_log_q) = jax.lax.scan(
+            step, (token, cache, cstate), jnp.arange(1, num_tokens, dtype=jnp.int32)
+        )
+        tokens = jnp.concatenate([token[:, None], jnp.moveaxis(later_tokens, 0, 1)], axis=1)
+        log_q = jnp.concatenate([log_q[:, None], jnp.moveaxis(later_log_q, 0, 1)], axis=1)
+        return state.replace(cache=cache), tokens, log_q
+
+    def commit(self, state, emitted, num_emitted) -> ModelDraftState:
+        """Rolls the draft cache back to the accepted context.
+
+        During ``propose`` the draft read its pending tokens and drafts ``d_1 .. d_{k-1}``. With
+        ``m = num_emitted`` in ``1 .. k`` every emitted token but the last is a draft it read,
+        so it keeps ``m - 1`` of them and the last emitted token becomes pending. With
+        ``m = k + 1`` it never read ``d_k``: both ``d_k`` and the target's token are pending.
+        Rows with ``m = 0`` return to where they were before ``propose``.
+        """
+        k = emitted.shape[1] - 1
+        fed = state.num_pending + (k - 1)  # tokens read during propose
+        before = state.cache.lengths - fed
+        m = num_emitted
+        both = m == k + 1
+        last = jnp.take_along_axis(emitted, jnp.maximum(m - 1, 0)[:, None], axis=1)[:, 0]
+        second_last = jnp.take_along_axis(emitted, jnp.maximum(m - 2, 0)[:, None], axis=1)[:, 0]
+        pending = jnp.where(
+            both[:, None],
+            jnp.stack([second_last, last], axis=1),
+            jnp.stack([last, jnp.zeros_like(last)], axis=1),
+        )
+        active = m > 0
+        lengths = jnp.where(active, before + state.num_pending + jnp.minimum(m, k) - 1, before)
+        return ModelDraftState(
+            cache=set_lengths(state.cache, lengths),
+            pending=jnp.where(active[:, None], pending, state.pending),
+            num_pending=jnp.where(active, 1 + both.astype(jnp.int32), state.num_pending),
+        )
+
+    def shardings(self, rows, replicated, params):
+        del replicated
+        return self.replace(params=params(self.params), cache=rows)
+
+
+@struct.dataclass
+class LookupState:
+    """Each row's context (prompt, then emitted tokens) for n-gram lookup."""
+
+    context: jax.Array  # int32 [batch, context_width]  left-aligned, zeros past the length
+    length: jax.Array  # int32 [batch]  valid tokens of each row's context
+
+
+@struct.dataclass
+class PromptLookupDraft:
+    """N-gram prompt lookup on device (no model).
+
+    Finds the most recent earlier occurrence of each row's last ``ngram`` context tokens and
+    proposes the tokens that followed it; when fewer than ``k`` followed, the copied span
+    repeats (a periodic continuation). Without a match it proposes the last token ``k``
+    times. ``q`` is one-hot on each proposal. Under a constraint a proposal the automaton does
+    not allow is left as it is: the target gives it probability 0, so verification rejects it.
+
+    ``ngram`` (>= 1) and ``vocab_size`` are static.
+
+    Example, ngram = 2, k = 3, context ``5 6 7 8 5 6``: the last bigram ``5 6`` occurred at
+    position 0, followed by ``7 8 5``: the draft is ``7 8 5``.
+    """
+
+    ngram: int = struct.field(pytree_node=False)
+    vocab_size: int = struct.field(pytree_node=False)
+
+    def __post_init__(self):
+        if self.ngram < 1:
+            raise ValueError(f"ngram must be at least 1, got {self.ngram}")
+        if self.vocab_size < 1:
+            raise ValueError(f"vocab_size must be at least 1, got {self.vocab_size}")
+
+    def start(self, prompts, prompt_lengths, first_tokens, context_width) -> LookupState:
+        """The context buffer (``context_width`` static columns) holding prompt + first token."""
+        batch, width = prompts.shape
+        if context_width < width + 1:
+            raise ValueError(f"context_width {context_width} leaves no room after prompts of width {width}")
+        columns = jnp.arange(width)[None, :]
+        prompts = jnp.where(columns < prompt_lengths[:, None], prompts, 0).astype(jnp.int32)
+        context = jnp.zeros((batch, context_width), jnp.int32).at[:, :width].set(prompts)
+        context = context.at[jnp.arange(batch), prompt_lengths].set(first_tokens.astype(jnp.int32))
+        return LookupState(context=context, length=prompt_lengths.astype(jnp.int32) + 1)
+
+    def lookup(self, state: LookupState, num_tokens: int) -> jax.Array:  # int32 [batch, k]
+        """The proposed tokens (see the class docstring)."""
+        batch, width = state.context.shape
+        n = self.ngram
+        starts = jnp.arange(width - n + 1)
+        # windows[b, s, i] = context[b, s + i]
+        windows = jnp.stack([state.context[:, i : width - n + 1 + i] for i in range(n)], axis=-1)
+        tail_at = jnp.maximum(state.length[:, None] - n + jnp.arange(n)[None, :], 0)
+        tail = jnp.take_along_axis(state.context, tail_at, axis=1)  # [batch, n]
+        # An occurrence must end before the last token, so at least one token follows it.
+        matches = jnp.all(windows == tail[:, None, :], axis=-1) & (starts[None, :] + n < state.length[:, None])
+        matches = matches & (state.length[:, None] > n)
+        found = jnp.any(matches, axis=1)
+        follow = jnp.max(jnp.where(matches, starts[None, :], -1), axis=1) + n  # [batch]
+        available = jnp.maximum(state.length - follow, 1)
+        steps = jnp.arange(num_tokens)[None, :]
+        copied = jnp.take_along_axis(state.context, follow[:, None] + steps % available[:, None], axis=1)
+        last = jnp.take_along_axis(state.context, (state.length - 1)[:, None], axis=1)
+        return jnp.where(found[:, None], copied, last).astype(jnp.int32)
+
+    def propose(self, state, num_tokens, sampler, keys, constraint, constraint_state):
+        """Deterministic proposals with one-hot ``q``; the sampler, keys and constraint are unused."""
+        del sampler, keys, constraint, constraint_state
+        tokens = self.lookup(state, num_tokens)
+        log_q = jnp.where(jax.nn.one_hot(tokens, self.vocab_size, dtype=bool), 0.0, NEG_INF)
+        return state, tokens, log_q
+
+    def commit(self, state, emitted, num_emitted) -> LookupState:
+        """Appends each row's ``num_emitted`` tokens to its context."""
+        batch, width = state.context.shape
+        slots = jnp.arange(emitted.shape[1])[None, :]
+        columns = jnp.where(slots < num_emitted[:, None], state.length[:, None] + slots, width)
+        context = state.context.at[jnp.arange(batch)[:, None], columns].set(emitted, mode="drop")
+        return LookupState(context=context, length=state.length + num_emitted)
+
+    def shardings(self, rows, replicated, params):
+        del rows, replicated, params
+        return self
+
+
+def check_room(
+    which: str,
+    cache_lengths: np.ndarray,  # int32 [batch]
+    prompt_lengths: np.ndarray,  # int32 [batch]
+    limits: np.ndarray,  # int32 [batch]
+    k: int,
+    capacity: int,
+) -> None:
+    """Verification writes ``k + 1`` entries past the last emitted token, so each cache row
+    needs room for cached + prompt + max_new_tokens + k + 1 positions (host-side check)."""
+    need = cache_lengths + prompt_lengths + limits + k + 1
+    if np.any(need > capacity):
+        row = int(np.argmax(need - capacity))
+        raise ValueError(
+            f"the {which} cache (capacity {capacity}) is too small: row {row} needs {cache_lengths[row]} cached + "
+            f"{prompt_lengths[row]} prompt + {limits[row]} new + num_draft_tokens {k} + 1 = {need[row]} positions"
+        )
+
+
+def check_draft(
+    draft: Any,
+    k: int,
+    target_vocab: int,
+    prompt_lengths: np.ndarray,  # int32 [batch]
+    limits: np.ndarray,  # int32 [batch]
+) -> None:
+    """Host-side checks of a draft source against the target's vocabulary and the budget."""
+    if isinstance(draft, PromptLookupDraft):
+        if draft.vocab_size != target_vocab:
+            raise ValueError(f"PromptLookupDraft vocab_size {draft.vocab_size} differs from the target's {target_vocab}")
+        return
+    if not isinstance(draft, ModelDraft):
+        raise ValueError(f"draft must be a ModelDraft or a PromptLookupDraft, got {type(draft).__name__}")
+    draft_lengths = np.asarray(draft.cache.lengths).astype(np.int32)
+    if draft_lengths.shape != prompt_lengths.shape:
+        raise ValueError(f"the draft cache has batch {draft_lengths.shape} but the prompts have batch {prompt_lengths.shape}")
+    check_room("draft", draft_lengths, prompt_lengths, limits, k, draft.cache.capacity)
+    draft_vocab = validation.infer_vocab_size(draft.model, draft.params, draft.cache)
+    if draft_vocab != target_vocab:
+        raise ValueError(f"the draft model's vocabulary ({draft_vocab}) differs from the target's ({target_vocab})")
