@@ -323,3 +323,11 @@ def test_real_model_sampled_matches_reference_and_ragged_invariance(tiny):
                          REAL_LENGTHS[row : row + 1], max_new_tokens=6)
         np.testing.assert_array_equal(np.asarray(alone.tokens[0]), np.asarray(greedy.tokens[row]))
         np.testing.assert_allclose(np.asarray(alone.log_probs[0]), np.asarray(greedy.log_probs[row]), atol=1e-4)
+
+
+def test_package_exports_resolve():
+    import decoding
+
+    for name in decoding.__all__:
+        assert getattr(decoding, name) is not None, name
+    assert decoding.generate is generate
