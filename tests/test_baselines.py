@@ -1,0 +1,278 @@
+"""Constraint baselines against brute force: next-token sets, completeness, beam outputs.
+
+Oracles: the next tokens after a prefix enumerated from the item array (NumPy), and a plain
+NumPy beam search using those brute-force masks. Exact methods (CPU trie, exact PPV, the
+STATIC adapter) must match them exactly; approximate PPV must never allow an invalid token;
+the hash bitmap must never forbid a valid one (its false positives are measured).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from constraints import build_fixed_length_index
+from constraints.baselines import (
+    PrefixState,
+    StaticMask,
+    build_cpu_trie,
+    build_hash_bitmap,
+    build_ppv,
+    check_items,
+    dense_beam_search,
+)
+from constraints.baselines.common import max_branching, sort_unique
+from constraints.baselines.ppv import pack_items
+
+VOCAB = 12
+DEPTH = 3
+NUM_PREFIXES = 64  # states per mask call: one shape, one compile per method
+
+
+def _item_sets():
+    """Three small item sets with different shapes of trie (dense root, sparse, one hot path)."""
+    rng = np.random.default_rng(7)
+    dense = rng.integers(0, VOCAB, (60, DEPTH))
+    sparse = rng.integers(0, VOCAB, (9, DEPTH))
+    skewed = np.concatenate([np.tile([[5, 5]], (VOCAB, 1)), np.arange(VOCAB)[:, None]], axis=1)
+    skewed = np.concatenate([skewed, skewed[:4], [[0, 11, 3]]])  # duplicates too
+    return {"dense": dense, "sparse": sparse, "skewed": skewed}
+
+
+ITEM_SETS = _item_sets()
+
+
+def _next_tokens(items: np.ndarray, prefix: np.ndarray) -> set[int]:
+    """Brute force: tokens that follow ``prefix`` in some item."""
+    d = len(prefix)
+    if d >= items.shape[1]:
+        return set()
+    rows = items[np.all(items[:, :d] == prefix, axis=1)]
+    return set(rows[:, d].tolist())
+
+
+def _prefixes(items: np.ndarray, depth: int, rng: np.random.Generator) -> np.ndarray:
+    """int [NUM_PREFIXES, depth]: the item prefixes of that length, then random (mostly invalid) ones."""
+    real = np.unique(items[:, :depth], axis=0)[: NUM_PREFIXES // 2] if depth else np.zeros((1, 0), int)
+    fill = rng.integers(0, VOCAB, (NUM_PREFIXES - len(real), depth))
+    return np.concatenate([real, fill]).astype(np.int32)
+
+
+def _oracle_masks(items: np.ndarray, prefixes: np.ndarray) -> np.ndarray:
+    out = np.zeros((len(prefixes), VOCAB), bool)
+    for row, prefix in enumerate(prefixes):
+        out[row, sorted(_next_tokens(items, prefix))] = True
+    return out
+
+
+@jax.jit
+def _walk(method, prefixes, depth):
+    """Advances fresh states by the first ``depth`` (int32 [], traced) tokens of each row of
+    ``prefixes`` (int32 [P, DEPTH + 1]); returns (mask bool [P, vocab], complete bool [P])."""
+    state = method.initial_state((prefixes.shape[0],))
+    for position in range(prefixes.shape[1]):
+        advanced = method.advance(state, prefixes[:, position])
+        state = jax.tree.map(lambda new, old: jnp.where(position < depth, new, old), advanced, state)
+    return method.allowed_mask(state), method.is_complete(state)
+
+
+def _run(method, prefixes: np.ndarray):
+    """_walk on prefixes int [P, depth] (depth <= DEPTH + 1), as NumPy."""
+    padded = np.zeros((len(prefixes), DEPTH + 1), np.int32)
+    padded[:, : prefixes.shape[1]] = prefixes
+    mask, complete = _walk(method, jnp.asarray(padded), jnp.int32(prefixes.shape[1]))
+    return np.asarray(mask), np.asarray(complete)
+
+
+def _methods(items: np.ndarray) -> dict:
+    return {
+        "cpu_trie": build_cpu_trie(items, VOCAB),
+        "ppv": build_ppv(items, VOCAB),
+        "static": StaticMask(build_fixed_length_index(items, VOCAB)),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(ITEM_SETS))
+def test_exact_methods_match_brute_force(name):
+    items = ITEM_SETS[name]
+    item_set = set(map(tuple, items.tolist()))
+    rng = np.random.default_rng(1)
+    for depth in range(DEPTH + 1):
+        prefixes = _prefixes(items, depth, rng)
+        expected = _oracle_masks(items, prefixes)
+        expected_complete = np.array([tuple(p) in item_set for p in prefixes.tolist()]) & (depth == DEPTH)
+        for method_name, method in _methods(items).items():
+            mask, complete = _run(method, prefixes)
+            np.testing.assert_array_equal(mask, expected, err_msg=f"{method_name} depth {depth}")
+            np.testing.assert_array_equal(complete, expected_complete, err_msg=method_name)
+
+
+@pytest.mark.parametrize("name", sorted(ITEM_SETS))
+def test_approximate_ppv_never_allows_an_invalid_token(name):
+    items = ITEM_SETS[name]
+    approx = build_ppv(items, VOCAB, sample_window=2)
+    rng = np.random.default_rng(2)
+    found = total = 0
+    for depth in range(DEPTH):
+        prefixes = _prefixes(items, depth, rng)
+        expected = _oracle_masks(items, prefixes)
+        mask = _run(approx, prefixes)[0]
+        assert not np.any(mask & ~expected), f"invalid token allowed at depth {depth}"
+        assert np.all(mask.any(axis=1) == expected.any(axis=1)), "a live prefix must keep a token"
+        found, total = found + int(mask.sum()), total + int(expected.sum())
+    recall = found / total
+    # Two samples per range: a prefix with more than two children loses some (the skewed set
+    # has 12 children under [5, 5]); a prefix with at most two never does.
+    assert 0 < recall <= 1
+    if name == "skewed":
+        assert recall < 1
+
+
+def test_approximate_ppv_with_a_wide_window_is_exact():
+    items = ITEM_SETS["dense"]
+    wide = build_ppv(items, VOCAB).approximate(len(items))
+    rng = np.random.default_rng(3)
+    for depth in range(DEPTH + 1):
+        prefixes = _prefixes(items, depth, rng)
+        mask = _run(wide, prefixes)[0]
+        np.testing.assert_array_equal(mask, _oracle_masks(items, prefixes))
+
+
+def test_hash_bitmap_has_no_false_negatives_and_few_false_positives():
+    rng = np.random.default_rng(4)
+    items = rng.integers(0, VOCAB, (200, DEPTH))
+    rates = {}
+    for bits_per_entry in (4, 64):
+        bitmap = build_hash_bitmap(items, VOCAB, bits_per_entry=bits_per_entry, num_hashes=3)
+        false_pos = negatives = 0
+        for depth in range(DEPTH + 1):
+            prefixes = _prefixes(items, depth, rng)
+            expected = _oracle_masks(items, prefixes)
+            mask, complete = _run(bitmap, prefixes)
+            assert not np.any(expected & ~mask), f"false negative at depth {depth}"
+            assert np.all(complete == (depth == DEPTH))
+            false_pos += int((mask & ~expected).sum())
+            negatives += int((~expected).sum())
+        rates[bits_per_entry] = false_pos / negatives
+    # Blocked Bloom filter, 3 bits per entry: about (3 * load)^3 with load = entries/bits. With 4
+    # bits per entry the rate is a few percent; with 64 it is tiny. Both bounds are loose.
+    assert rates[4] < 0.2, rates
+    assert rates[64] < 0.01, rates
+    assert rates[64] <= rates[4], rates
+
+
+def test_dead_prefixes_stay_dead():
+    items = ITEM_SETS["sparse"]
+    absent = next(t for t in range(VOCAB) if t not in set(items[:, 0].tolist()))
+    for method in (build_cpu_trie(items, VOCAB), build_ppv(items, VOCAB)):
+        for depth in (1, DEPTH):  # off the trie at the first token: nothing allowed, never complete
+            mask, complete = _run(method, np.array([[absent] + [items[0, 1]] * (depth - 1)]))
+            assert not mask.any() and not complete.any()
+        mask, complete = _run(method, items[:1])  # a real item: complete, nothing more allowed
+        assert complete.all() and not mask.any()
+        mask, complete = _run(method, np.concatenate([items[:1], [[0]]], axis=1))  # past its end: dead
+        assert not complete.any() and not mask.any()
+
+
+def _random_logits(table, step, tokens):
+    del tokens
+    return table[step]
+
+
+def _numpy_beam_search(items: np.ndarray, table: np.ndarray, beams: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reference constrained beam search with brute-force masks (one batch row)."""
+    log_probs = table - np.log(np.exp(table).sum(axis=-1, keepdims=True))
+    seqs = [()]
+    scores = np.array([0.0])
+    for step in range(items.shape[1]):
+        cands = []
+        for beam, (seq, score) in enumerate(zip(seqs, scores)):
+            for token in sorted(_next_tokens(items, np.array(seq, int))):
+                cands.append((-(score + log_probs[step, beam, token]), beam * VOCAB + token, seq + (token,)))
+        cands.sort()
+        seqs = [c[2] for c in cands[:beams]]
+        scores = np.array([-c[0] for c in cands[:beams]])
+    return np.array(seqs), scores
+
+
+def test_beam_loop_matches_numpy_reference_for_every_exact_method():
+    items = ITEM_SETS["dense"]
+    beams = 8
+    rng = np.random.default_rng(5)
+    table = rng.normal(size=(DEPTH, 1, beams, VOCAB)).astype(np.float32) * 2
+    expected_tokens, expected_scores = _numpy_beam_search(items, table[:, 0], beams)
+    item_set = set(map(tuple, items.tolist()))
+    assert all(tuple(seq) in item_set for seq in expected_tokens.tolist())
+    for name, method in _methods(items).items():
+        out = dense_beam_search(_random_logits, jnp.asarray(table), method, batch=1, beams=beams, steps=DEPTH)
+        np.testing.assert_array_equal(np.asarray(out.tokens[0]), expected_tokens, err_msg=name)
+        np.testing.assert_allclose(np.asarray(out.scores[0]), expected_scores, rtol=1e-5, err_msg=name)
+        assert np.asarray(out.complete).all(), name
+    free = dense_beam_search(_random_logits, jnp.asarray(table), None, batch=1, beams=beams, steps=DEPTH)
+    assert np.asarray(free.scores[0, 0]) >= expected_scores[0]  # unconstrained can only score higher
+
+
+def test_cpu_trie_runs_through_pure_callback_inside_jit():
+    items = ITEM_SETS["sparse"]
+    trie = build_cpu_trie(items, VOCAB)
+    calls = []
+    mask_fn = trie.host.mask
+
+    def counting_mask(prefix, length):
+        calls.append(np.shape(length))
+        return mask_fn(prefix, length)
+
+    trie.host.mask = counting_mask
+    state = PrefixState(prefix=jnp.asarray(items[:2]), length=jnp.array([1, 2], jnp.int32))
+    mask = jax.jit(lambda t, s: t.allowed_mask(s))(trie, state)
+    assert calls == [(2,)]  # the host ran once, for the whole batch
+    expected = _oracle_masks(items, [items[0, :1]])[0], _oracle_masks(items, [items[1, :2]])[0]
+    np.testing.assert_array_equal(np.asarray(mask), np.stack(expected))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 5), min_size=4, max_size=4), min_size=1, max_size=30))
+def test_sorted_packing_and_branching_match_brute_force(rows):
+    items = np.array(rows, np.int32)
+    ordered = sort_unique(items)
+    assert [tuple(r) for r in ordered.tolist()] == sorted(set(map(tuple, rows)))
+    for bits, per_word in ((3, 10), (3, 2)):  # 3 bits per token, one or two words per item
+        keys = pack_items(ordered, bits, per_word)
+        as_tuples = [tuple(k) for k in keys.tolist()]
+        assert as_tuples == sorted(as_tuples) and len(set(as_tuples)) == len(as_tuples)
+    expected = [
+        max(len(_next_tokens(ordered, np.array(p))) for p in {tuple(r[:d]) for r in ordered.tolist()}) for d in range(4)
+    ]
+    assert list(max_branching(ordered)) == expected
+
+
+@pytest.mark.parametrize(
+    "items, vocab, message",
+    [
+        (np.zeros((0, 3), int), 4, "non-empty"),
+        (np.zeros(3, int), 4, "non-empty"),
+        (np.array([[0.5, 1.0]]), 4, "integers"),
+        (np.array([[0, 4]]), 4, r"\[0, 4\)"),
+        (np.array([[-1, 0]]), 4, r"\[0, 4\)"),
+        (np.array([[0, 1]]), 0, "vocab_size"),
+    ],
+)
+def test_bad_items_are_rejected(items, vocab, message):
+    with pytest.raises(ValueError, match=message):
+        check_items(items, vocab)
+
+
+def test_bad_knobs_are_rejected():
+    items = ITEM_SETS["sparse"]
+    with pytest.raises(ValueError, match="sample_window"):
+        build_ppv(items, VOCAB, sample_window=-1)
+    with pytest.raises(ValueError, match="sample_window"):
+        build_ppv(items, VOCAB).approximate(0)
+    with pytest.raises(ValueError, match="bits_per_entry"):
+        build_hash_bitmap(items, VOCAB, bits_per_entry=0)
+    with pytest.raises(ValueError, match="num_hashes"):
+        build_hash_bitmap(items, VOCAB, num_hashes=7)
