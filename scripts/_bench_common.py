@@ -2,7 +2,9 @@
 
 Rules every bench follows (see DESIGN.md, "Tests and benchmarks"):
 
-* compile time is measured apart, with ``jitted.lower(...).compile()`` (:func:`compile_timed`);
+* compile time is measured apart, with ``jitted.lower(...).compile()`` (:func:`compile_timed`),
+  or, for entry points that cannot be lowered from outside, as the first call's excess over a
+  warm call (:func:`measure_calls`);
 * warm-up calls are excluded from the reported run times (:func:`time_runs`);
 * every ratio is taken between two measurements of one run, in one harness.
 
@@ -80,6 +82,40 @@ def time_runs(fn: Callable[..., Any], *args: Any, warmup: int = 1, repeats: int 
         jax.block_until_ready(fn(*args, **kwargs))
         seconds.append(time.perf_counter() - start)
     return RunTimes(tuple(seconds))
+
+
+@dataclasses.dataclass(frozen=True)
+class Measured:
+    """A function timed from its first call: the first call (tracing + compile + one run) apart,
+    then warm calls."""
+
+    first_s: float
+    runs: RunTimes
+    output: Any
+
+    @property
+    def compile_s(self) -> float:
+        """The first call's excess over a warm call: tracing and compilation."""
+        return max(self.first_s - self.runs.median_s, 0.0)
+
+
+def measure_calls(fn: Callable[..., Any], make_args: Callable[[], tuple], repeats: int = 3) -> Measured:
+    """Times ``fn(*make_args())``: the first call reported apart, then ``repeats`` warm calls.
+
+    For public entry points that validate on the host and jit internally (so they cannot be
+    lowered from outside) and that donate inputs: ``make_args`` builds fresh arguments for every
+    call, all before the timed region. ``output`` is the last call's result.
+    """
+    if repeats < 1:
+        raise ValueError(f"need repeats >= 1, got {repeats}")
+    arguments = [make_args() for _ in range(repeats + 1)]
+    jax.block_until_ready(arguments)
+    seconds = []
+    for args in arguments:
+        start = time.perf_counter()
+        output = jax.block_until_ready(fn(*args))
+        seconds.append(time.perf_counter() - start)
+    return Measured(first_s=seconds[0], runs=RunTimes(tuple(seconds[1:])), output=output)
 
 
 def environment() -> dict[str, Any]:

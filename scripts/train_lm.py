@@ -194,15 +194,20 @@ def evaluate(config: Any, params: Any, data: np.ndarray, settings: TrainSettings
 
 
 def _check_settings(out_dir: str, settings: TrainSettings) -> None:
-    """Writes settings.json, or refuses to resume a run whose hyperparameters differ (except steps)."""
+    """Writes settings.json, or refuses to resume a run whose hyperparameters differ. ``steps`` may
+    differ; the schedule length (``horizon``: schedule_steps, else steps) may not."""
     path = os.path.join(out_dir, "settings.json")
-    current = dataclasses.asdict(settings)
+    current = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("steps", "schedule_steps")}
+    current["horizon"] = settings.horizon
     if os.path.exists(path):
         with open(path) as f:
             saved = json.load(f)
-        differing = {k: (saved.get(k), v) for k, v in current.items() if k != "steps" and saved.get(k) != v}
+        differing = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
         if differing:
-            raise ValueError(f"{out_dir} holds a run with other settings (saved, requested): {differing}")
+            raise ValueError(
+                f"{out_dir} holds a run with other settings (saved, requested): {differing}; "
+                "to train further along the same schedule, pass the saved horizon as --schedule-steps"
+            )
     with open(path, "w") as f:
         json.dump(current, f, indent=2)
 

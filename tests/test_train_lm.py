@@ -103,6 +103,8 @@ def test_refuses_resume_with_other_settings(corpus, full_run):
     out, _ = full_run
     with pytest.raises(ValueError, match="learning_rate"):
         train_lm.train(dataclasses.replace(SETTINGS, learning_rate=5e-3), corpus, str(out), progress=False)
+    with pytest.raises(ValueError, match="horizon"):  # more steps without --schedule-steps: another schedule
+        train_lm.train(dataclasses.replace(SETTINGS, steps=20, schedule_steps=None), corpus, str(out), progress=False)
 
 
 def test_bad_settings_raise():

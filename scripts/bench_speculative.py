@@ -1,0 +1,210 @@
+"""Speculative decoding vs plain greedy decoding on a trained byte-level target/draft pair.
+
+The pair comes from ``scripts/train_lm.py`` (``--ckpt DIR`` holding ``target/`` and ``draft/``;
+trained first if missing: the full recipe, or with ``--quick`` a tiny one). Prompts are real
+code: snippets of the *held-out* stdlib files, ragged lengths. For each batch size it times
+
+* plain greedy :func:`decoding.generate.generate`,
+* :func:`decoding.speculative.speculative_generate` with the draft model (``ModelDraft``),
+* the same with n-gram prompt lookup (``PromptLookupDraft``, no model),
+
+and reports tokens/s, the speedup over plain greedy at the same batch, the acceptance rate
+(kept drafts / proposed drafts), new tokens per target call, and whether the tokens are
+identical to plain greedy's (they must be). A k sweep (drafts per round) runs at batch 1.
+
+Every case goes through the public entry points, which validate on the host and jit inside,
+so compile time is the first call's excess over a warm call (``_bench_common.measure_calls``);
+each timed call gets fresh caches (they are donated), built outside the timed region.
+
+    python scripts/bench_speculative.py --quick
+    python scripts/bench_speculative.py --ckpt runs/lm --json runs/bench_speculative.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+
+import train_lm
+from _bench_common import add_common_args, measure_calls, print_table, write_json
+from decoding.drafts import ModelDraft, PromptLookupDraft
+from decoding.generate import generate
+from decoding.speculative import speculative_generate
+from models import Decoder, init_cache, init_params, preset, restore_params
+
+# Recipes used when --ckpt holds no trained pair: (target preset, draft preset, settings).
+FULL_RECIPE = ("small", "draft", dict(steps=150, batch=32, seq_len=128, warmup_steps=15, checkpoint_every=25))
+QUICK_RECIPE = ("draft", "tiny", dict(steps=30, batch=16, seq_len=64, warmup_steps=4, checkpoint_every=20))
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    """A trained target and draft sharing the byte vocabulary."""
+
+    target: Decoder
+    target_params: dict
+    draft: Decoder
+    draft_params: dict
+    presets: tuple[str, str]  # (target, draft)
+
+
+def _restore(run_dir: str) -> tuple[Decoder, dict, str]:
+    with open(os.path.join(run_dir, "metadata.json")) as f:
+        name = json.load(f)["preset"]
+    config = preset(name)
+    like = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+    return Decoder(config), restore_params(os.path.join(run_dir, "params"), like=like), name
+
+
+def load_pair(ckpt: str, quick: bool) -> Pair:
+    """Restores ``ckpt/target`` and ``ckpt/draft``, training them first if either is missing."""
+    dirs = [os.path.join(ckpt, role) for role in ("target", "draft")]
+    if not all(os.path.exists(os.path.join(d, "metadata.json")) for d in dirs):
+        target_name, draft_name, settings = QUICK_RECIPE if quick else FULL_RECIPE
+        print(f"no trained pair in {ckpt}: training {target_name} and {draft_name} ({settings})", file=sys.stderr)
+        corpus = train_lm.load_corpus(4_000_000 if quick else None)
+        for name, out in zip((target_name, draft_name), dirs):
+            train_lm.train(train_lm.TrainSettings(preset=name, **settings), corpus, out)
+    (target, target_params, t_name), (draft, draft_params, d_name) = map(_restore, dirs)
+    return Pair(target, target_params, draft, draft_params, (t_name, d_name))
+
+
+def heldout_prompts(batch: int, max_len: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Code snippets from the held-out stdlib files: int32 [batch, max_len] right-padded and
+    int32 [batch] lengths in [max_len // 2, max_len], each starting at a line start."""
+    root = train_lm.stdlib_root()
+    files = [p for p in train_lm.stdlib_sources(root) if train_lm.is_heldout(p)]
+    rng = np.random.default_rng(seed)
+    prompts = np.zeros((batch, max_len), np.int32)
+    lengths = rng.integers(max_len // 2, max_len + 1, size=batch).astype(np.int32)
+    for row in range(batch):
+        with open(os.path.join(root, files[row % len(files)]), "rb") as f:
+            text = f.read()
+        start = int(rng.integers(0, max(len(text) - max_len, 1)))
+        start = text.find(b"\n", start) + 1 if start else 0
+        snippet = np.frombuffer(text[start : start + lengths[row]], np.uint8)
+        lengths[row] = max(snippet.shape[0], 1)
+        prompts[row, : snippet.shape[0]] = snippet
+    return prompts, lengths
+
+
+def _greedy_row(batch: int, plain, produced: float) -> dict:
+    return {
+        "batch": batch, "method": "greedy", "k": 0, "tok_per_s": produced / plain.runs.median_s, "speedup": 1.0,
+        "accept_rate": "-", "tok_per_call": 1.0, "identical": "-", "run_s": plain.runs.median_s,
+        "compile_s": plain.compile_s,
+    }
+
+
+def bench_batch(pair: Pair, batch: int, ks: tuple[int, ...], args) -> list[dict]:
+    """Rows for one batch size: plain greedy, then each draft source at each k in ``ks``."""
+    prompts, lengths = heldout_prompts(batch, args.prompt_len)
+    new = args.new_tokens
+    capacity = args.prompt_len + new + max(args.ks) + 1
+    plain = measure_calls(
+        lambda cache: generate(pair.target, pair.target_params, cache, prompts, lengths, max_new_tokens=new),
+        lambda: (init_cache(pair.target.config, batch, capacity),),
+        repeats=args.repeats,
+    )
+    reference_tokens, reference_lengths = np.asarray(plain.output.tokens), np.asarray(plain.output.lengths)
+    produced = float(np.sum(reference_lengths))
+    rows = [_greedy_row(batch, plain, produced)]
+    for k in ks:
+        for source in ("model", "lookup"):
+
+            def make_args(source=source):
+                draft = PromptLookupDraft(ngram=args.ngram, vocab_size=pair.target.config.vocab_size)
+                if source == "model":
+                    draft = ModelDraft(pair.draft, pair.draft_params, init_cache(pair.draft.config, batch, capacity))
+                return init_cache(pair.target.config, batch, capacity), draft
+
+            def call(cache, draft, k=k):
+                return speculative_generate(
+                    pair.target, pair.target_params, cache, prompts, lengths,
+                    draft=draft, num_draft_tokens=k, max_new_tokens=new,
+                )
+
+            spec = measure_calls(call, make_args, repeats=args.repeats)
+            out_lengths = np.asarray(spec.output.lengths)
+            kept = float(np.sum(np.maximum(np.asarray(spec.output.stats.accepted), 0)))
+            rounds = np.asarray(spec.output.stats.rounds)
+            tok_per_s = float(np.sum(out_lengths)) / spec.runs.median_s
+            rows.append({
+                "batch": batch, "method": f"spec-{source}", "k": k, "tok_per_s": tok_per_s,
+                "speedup": tok_per_s / rows[0]["tok_per_s"],
+                "accept_rate": kept / max(float(np.sum(rounds)) * k, 1.0),
+                "tok_per_call": float(np.sum(out_lengths)) / float(np.sum(1 + rounds)),
+                "identical": bool(np.array_equal(np.asarray(spec.output.tokens), reference_tokens)
+                                  and np.array_equal(out_lengths, reference_lengths)),
+                "run_s": spec.runs.median_s, "compile_s": spec.compile_s,
+            })
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
+    parser.add_argument("--ckpt", default=None, help="trained pair folder (default runs/lm, or runs/lm_quick with --quick)")
+    parser.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,8,32; quick 1,8)")
+    parser.add_argument("--ks", default=None, help="k sweep at batch 1 (default 1..8; quick: only --k)")
+    parser.add_argument("--k", type=int, default=4, help="drafts per round in the batch table")
+    parser.add_argument("--ngram", type=int, default=3, help="prompt lookup n-gram length")
+    parser.add_argument("--prompt-len", type=int, default=None, help="longest prompt in bytes (default 256; quick 64)")
+    parser.add_argument("--new-tokens", type=int, default=None, help="new tokens per row (default 128; quick 32)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls per case (default 3)")
+    args = parser.parse_args(argv)
+    ints = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
+    args.ckpt = args.ckpt or os.path.join("runs", "lm_quick" if args.quick else "lm")
+    args.batches = ints(args.batches or ("1,8" if args.quick else "1,8,32"))
+    args.ks = ints(args.ks or (str(args.k) if args.quick else "1,2,3,4,5,6,7,8"))
+    args.prompt_len = args.prompt_len or (64 if args.quick else 256)
+    args.new_tokens = args.new_tokens or (32 if args.quick else 128)
+    args.repeats = args.repeats or 3
+    if min(args.batches) < 1 or min(args.ks) < 1 or args.k < 1 or args.prompt_len < 2 or args.new_tokens < 1:
+        raise ValueError("batches, ks, k and new tokens must be >= 1 and prompt-len >= 2")
+    args.ks = tuple(sorted(set(args.ks) | {args.k}))
+
+    pair = load_pair(args.ckpt, args.quick)
+    print(f"target {pair.presets[0]}, draft {pair.presets[1]}; prompts <= {args.prompt_len} bytes, "
+          f"{args.new_tokens} new tokens, {args.repeats} timed call(s) per case, backend {jax.default_backend()}")
+    rows = []
+    for batch in args.batches:
+        rows += bench_batch(pair, batch, args.ks if batch == 1 else (args.k,), args)
+    table = [r for r in rows if r["k"] in (0, args.k)]
+    sweep = [r for r in rows if r["batch"] == 1]
+    columns = ["batch", "method", "k", "tok_per_s", "speedup", "accept_rate", "tok_per_call", "identical", "run_s", "compile_s"]
+    print_table(table, columns, title=f"batch sizes (k = {args.k}, ngram = {args.ngram})")
+    if 1 in args.batches:
+        print_table(sweep, columns, title="k sweep at batch 1")
+
+    goals = {}
+    by = {(r["batch"], r["method"]): r for r in table}
+    if 1 in args.batches:
+        best = max((r for r in sweep if r["k"]), key=lambda r: r["speedup"])
+        goals["batch1_best_speedup"] = {"method": best["method"], "k": best["k"], "value": best["speedup"],
+                                        "goal": 2.0, "identical": best["identical"]}
+        for method in ("spec-model", "spec-lookup"):
+            if 8 in args.batches:
+                ratio = by[(8, method)]["tok_per_s"] / by[(1, method)]["tok_per_s"]
+                goals[f"{method}_batch8_over_batch1"] = {"k": args.k, "value": ratio, "goal": 3.0}
+    all_identical = all(r["identical"] for r in rows if r["k"])
+    peer = "not run: the HF assisted-generation peer needs torch and transformers, which are not importable here"
+    if importlib.util.find_spec("torch") and importlib.util.find_spec("transformers"):
+        peer = "not run: this bench has no HF export of the pair; torch and transformers are importable"
+    print(f"\ngoals: {json.dumps(goals, default=float)}")
+    print(f"all speculative outputs identical to plain greedy: {all_identical}")
+    print(f"HF peer: {peer}")
+    write_json(args.json, {
+        "pair": pair.presets, "settings": {k: v for k, v in vars(args).items() if k != "json"},
+        "batch_table": table, "k_sweep": sweep, "goals": goals, "all_identical": all_identical, "peer": peer,
+    })
+
+
+if __name__ == "__main__":
+    main()
