@@ -135,15 +135,16 @@ def test_stale_entries_past_length_are_never_read():
     params = random_params(TINY, seed=7)
     model = Decoder(TINY)
     tokens = random_tokens((BATCH, 8), seed=8)
-    full = jnp.full((BATCH,), 8, jnp.int32)
-    _, dirty = _step(model, params, tokens, init_cache(TINY, BATCH, CAPACITY), full)
-    dirty = dirty.replace(lengths=jnp.array([4, 2], jnp.int32))  # entries 4..7 / 2..7 are now junk
-    _, clean = _step(model, params, tokens, init_cache(TINY, BATCH, CAPACITY), jnp.array([4, 2], jnp.int32))
-    nxt = random_tokens((BATCH, 8), seed=9)
-    got, dirty = _step(model, params, nxt, dirty, full)
-    expected, clean = _step(model, params, nxt, clean, full)
-    np.testing.assert_allclose(got, expected, atol=TOL, rtol=TOL)
-    np.testing.assert_array_equal(dirty.lengths, clean.lengths)
+    _, dirty = _step(model, params, tokens, init_cache(TINY, BATCH, CAPACITY), jnp.full((BATCH,), 8, jnp.int32))
+    dirty = dirty.replace(lengths=jnp.array([4, 2], jnp.int32))  # slots 4..7 / 2..7 now hold junk
+    _, clean = _step(model, params, tokens[:, :4], init_cache(TINY, BATCH, CAPACITY), jnp.array([4, 2], jnp.int32))
+    assert not np.allclose(dirty.keys[0][:, 4:8], clean.keys[0][:, 4:8])  # the junk is really there
+    for seed in (9, 10):  # two steps, so the junk stays past the written slot and is then overwritten
+        nxt = random_tokens((BATCH, 1), seed=seed)
+        got, dirty = _step(model, params, nxt, dirty, jnp.ones((BATCH,), jnp.int32))
+        expected, clean = _step(model, params, nxt, clean, jnp.ones((BATCH,), jnp.int32))
+        np.testing.assert_allclose(got, expected, atol=TOL, rtol=TOL)
+    np.testing.assert_array_equal(dirty.lengths, [6, 4])
 
 
 def test_writes_past_capacity_are_dropped_and_keep_valid_entries():
