@@ -44,9 +44,12 @@ def restore_params(path: str | os.PathLike, like: Any = None) -> Any:
         raise FileNotFoundError(f"restore_params: no checkpoint directory at {path}")
     checkpointer = ocp.StandardCheckpointer()
     try:
-        stored = checkpointer.metadata(path).item_metadata.tree
+        item = checkpointer.metadata(path).item_metadata
     except (FileNotFoundError, ValueError, KeyError) as err:
         raise FileNotFoundError(f"restore_params: {path} is not a readable Orbax checkpoint ({err})") from err
+    if item is None:
+        raise FileNotFoundError(f"restore_params: {path} holds no Orbax checkpoint (no parameter metadata)")
+    stored = item.tree
     if like is not None:
         expected, found = _describe(like), _describe(stored)
         if expected != found:
