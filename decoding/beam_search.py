@@ -6,8 +6,9 @@ Hypotheses are ranked by ``score = log_prob / length ** length_penalty`` (the HF
 
 Algorithm (T5X / HF style):
 
-1. Prefill the ragged batch once (``batch`` cache rows), then repeat every cache row
-   ``num_beams`` times. Every batch row starts with one live beam of log-prob 0 (the others -inf).
+1. Prefill the ragged batch once (``batch`` cache rows; all but each row's last prompt token,
+   which the first step feeds), then repeat every cache row ``num_beams`` times. Every batch
+   row starts with one live beam of log-prob 0 (the others -inf).
 2. Each step scores every live beam's continuations. A continuation by an EOS id goes to a
    separate *finished pool* of ``num_beams`` hypotheses ranked by penalized score; the best
    ``num_beams`` other continuations become the new live beams, and the KV cache rows are
@@ -69,7 +70,7 @@ from decoding.beam_helpers import (
 )
 from decoding.cache_rows import gather_rows, repeat_rows
 from decoding.constrained import mask_log_probs, sparse_beam_search
-from decoding.prefill import DEFAULT_MIN_BUCKET, prefill
+from decoding.prefill import DEFAULT_MIN_BUCKET
 
 
 @struct.dataclass
@@ -107,6 +108,7 @@ class BeamCarry:
     """The ``lax.while_loop`` carry of the dense loop."""
 
     cache: Any  # model-facing: decode cache with rows * beams rows, beam-major within a row
+    last_tokens: jax.Array  # int32 [rows * beams]  each cache row's next input (step 0: last prompt token)
     step: jax.Array  # int32 []  tokens every live beam holds
     live: Live
     finished: Finished
@@ -138,17 +140,15 @@ def _select(
     """One step: EOS continuations into the pool, the selector's picks as the new live beams,
     the cache gathered by parent, and the exact early-stop test."""
     live, step, index = carry.live, carry.step, settings.constraint
-    rows, beams, vocab = log_probs.shape
+    rows, beams, _ = log_probs.shape
     width = live.tokens.shape[2]
     at_step = jnp.arange(width) == step
     finished = carry.finished
     num_eos = settings.eos_ids.shape[0]
     if num_eos:
         eos = settings.eos_ids
+        # With a variable-length index, EOS is masked unless allowed, and always completes an item.
         ends = live.log_probs[..., None] + jnp.take(log_probs, eos, axis=2)  # [rows, beams, num_eos]
-        if index is not None:
-            after = advance(index, jnp.broadcast_to(live.states[..., None], ends.shape), jnp.broadcast_to(eos, ends.shape))
-            ends = jnp.where(is_complete(index, after), ends, -jnp.inf)
         end_tokens = jnp.where(at_step, eos[None, None, :, None], live.tokens[:, :, None, :])
         finished = _merge_finished(
             finished,
@@ -174,6 +174,7 @@ def _select(
     done = carry.done | (bound < finished.scores[:, -1]) | (best == -jnp.inf)
     return BeamCarry(
         cache=gather_rows(carry.cache, parent_rows(parent, beams)),
+        last_tokens=token.reshape(-1),
         step=step + 1,
         live=new_live,
         finished=finished,
@@ -192,7 +193,7 @@ def run_dense(
     width: int,
     pad_id: jax.Array,  # int32 []
 ) -> dict[str, jax.Array]:
-    """The dense loop (traceable): prefill, repeat, select until done; then the live beams at
+    """The dense loop (traceable): prefill, repeat rows, step until done; then the live beams at
     max length join the pool. ``model``, ``num_beams`` and ``width`` are static.
 
     Returns the pool as a dict of ``tokens, lengths, log_probs, scores``, each
@@ -204,20 +205,18 @@ def run_dense(
     rows = batch * groups
     index = settings.constraint
     alpha = jnp.repeat(settings.alpha, groups)
-    first_logits, cache = prefill(model, params, cache, prompts, prompt_lengths)
-    vocab = first_logits.shape[-1]
-    first = jnp.repeat(jax.nn.log_softmax(first_logits, axis=-1), groups, axis=0)
-    first = jnp.broadcast_to(first[:, None, :], (rows, beams, vocab))
-    states = None if index is None else initial_state(index, (rows, beams))
-    if index is not None:
-        first = mask_log_probs(index, states, first)
+    # Prefill all but the last prompt token; the loop's first step feeds it, so one traced step
+    # function serves every step.
+    _, cache = model(params, prompts, cache, prompt_lengths - 1)
+    last_prompt = jnp.take_along_axis(prompts, (prompt_lengths - 1)[:, None], axis=1)[:, 0]
     carry = BeamCarry(
         cache=repeat_rows(cache, num_beams),
+        last_tokens=jnp.repeat(last_prompt, num_beams),
         step=jnp.zeros((), jnp.int32),
         live=Live(
             tokens=jnp.full((rows, beams, width), pad_id, jnp.int32),
             log_probs=jnp.full((rows, beams), -jnp.inf, jnp.float32).at[:, 0].set(0.0),
-            states=states,
+            states=None if index is None else initial_state(index, (rows, beams)),
         ),
         finished=Finished(
             tokens=jnp.full((rows, beams, width), pad_id, jnp.int32),
@@ -227,15 +226,13 @@ def run_dense(
         ),
         done=jnp.zeros((rows,), bool),
     )
-    carry = _select(carry, first, settings, alpha)
 
     def not_finished(c: BeamCarry) -> jax.Array:
         return (c.step < width) & ~jnp.all(c.done)
 
     def body(c: BeamCarry) -> BeamCarry:
-        last = jax.lax.dynamic_index_in_dim(c.live.tokens, c.step - 1, axis=2, keepdims=False)
-        logits, cache = model(params, last.reshape(-1, 1), c.cache, jnp.ones((rows * beams,), jnp.int32))
-        log_probs = jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), axis=-1).reshape(rows, beams, vocab)
+        logits, cache = model(params, c.last_tokens[:, None], c.cache, jnp.ones((rows * beams,), jnp.int32))
+        log_probs = jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), axis=-1).reshape(rows, beams, -1)
         if index is not None:
             log_probs = mask_log_probs(index, c.live.states, log_probs)
         return _select(c.replace(cache=cache), log_probs, settings, alpha)
