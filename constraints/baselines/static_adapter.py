@@ -28,7 +28,7 @@ class StaticMask:
         return self.index.depth
 
     def nbytes(self) -> int:
-        return int(sum(leaf.nbytes for leaf in jax.tree.leaves(self.index)))
+        return int(constraints.index_nbytes(self.index))
 
     def initial_state(self, shape: tuple[int, ...]) -> jax.Array:  # int32 [*shape]
         return constraints.initial_state(self.index, tuple(shape))
