@@ -108,7 +108,9 @@ class LlamaConfig:
         if self.head_dim % 2:
             raise ValueError(f"LlamaConfig.head_dim must be even for RoPE, got {self.head_dim}")
         if self.rope_theta <= 0 or self.norm_eps <= 0:
-            raise ValueError(f"LlamaConfig needs rope_theta > 0 and norm_eps > 0, got {self.rope_theta}, {self.norm_eps}")
+            raise ValueError(
+                f"LlamaConfig needs rope_theta > 0 and norm_eps > 0, got {self.rope_theta}, {self.norm_eps}"
+            )
         if self.sliding_window is not None and self.sliding_window <= 0:
             raise ValueError(f"LlamaConfig.sliding_window must be None or positive, got {self.sliding_window}")
         for field in ("param_dtype", "dtype"):

@@ -121,12 +121,14 @@ class Decoder:
         cache: KVCache,
         num_valid: jax.Array,  # int32 [batch]
     ) -> tuple[jax.Array, KVCache]:  # float32 [batch, T, vocab], cache
+        tokens = jnp.asarray(tokens, jnp.int32)
+        num_valid = jnp.asarray(num_valid, jnp.int32)
         self._check(tokens, cache, num_valid)
         steps = tokens.shape[1]
         positions = cache.lengths[:, None] + jnp.arange(steps, dtype=jnp.int32)[None, :]
         kv = tuple(zip(cache.keys, cache.values))
         logits, kv = Transformer(self.config).apply({"params": params}, tokens, positions, kv)
-        lengths = cache.lengths + jnp.clip(num_valid.astype(jnp.int32), 0, steps)
+        lengths = cache.lengths + jnp.clip(num_valid, 0, steps)
         keys, values = zip(*kv)
         return logits, cache.replace(keys=tuple(keys), values=tuple(values), lengths=lengths)
 

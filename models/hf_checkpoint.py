@@ -23,7 +23,8 @@ from safetensors import safe_open
 from models.config import Llama3RopeScaling, LlamaConfig
 from models.decoder import Params, init_params
 
-# model_type -> (attention_bias default when config.json has no "attention_bias", bias forced on)
+# Supported model_type -> whether its q/k/v projections always have biases (else config.json's
+# "attention_bias" decides).
 _MODEL_TYPES = {"llama": False, "mistral": False, "qwen2": True}
 
 # Tensors some exports carry that the model does not use.
@@ -37,7 +38,8 @@ def _field(raw: dict, key: str, path: str) -> Any:
 
 
 def _rope_scaling(raw: dict, path: str) -> Llama3RopeScaling | None:
-    scaling = raw.get("rope_scaling")
+    """From ``rope_scaling`` (transformers 4) or ``rope_parameters`` (transformers 5)."""
+    scaling = raw.get("rope_parameters") or raw.get("rope_scaling")
     if scaling is None:
         return None
     kind = scaling.get("rope_type", scaling.get("type"))
@@ -88,7 +90,7 @@ def config_from_hf(raw: dict, path: str, dtype: Any = None) -> LlamaConfig:
             n_kv_heads=int(raw.get("num_key_value_heads") or n_heads),
             head_dim=int(head_dim),
             hidden_dim=int(_field(raw, "intermediate_size", path)),
-            rope_theta=float(raw.get("rope_theta", 10000.0)),
+            rope_theta=float((raw.get("rope_parameters") or raw).get("rope_theta", 10000.0)),
             norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
             tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
             attention_bias=attention_bias,

@@ -18,6 +18,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from models import Decoder, forward, init_cache, load_hf_checkpoint
+from models.hf_checkpoint import config_from_hf
 
 TOL = 1e-4
 _forward = jax.jit(forward, static_argnums=0)
@@ -209,6 +210,18 @@ def test_sharded_checkpoint_with_index_and_cached_decoder(tmp_path):
     cache = init_cache(config, 2, 16)
     logits, _ = jax.jit(Decoder(config))(params, jnp.asarray(TOKENS, jnp.int32), cache, jnp.full((2,), 10))
     np.testing.assert_allclose(np.asarray(logits), expected, atol=TOL, rtol=TOL)
+
+
+def test_transformers5_rope_parameters_format():
+    """transformers 5 writes rope_theta and the scaling fields into one "rope_parameters" object."""
+    legacy = config_from_hf(LLAMA3_SCALED, "config.json")
+    parameters = {**LLAMA3_SCALED["rope_scaling"], "rope_theta": 500000.0}
+    raw = {k: v for k, v in LLAMA3_SCALED.items() if k != "rope_scaling"} | {"rope_parameters": parameters}
+    raw.pop("rope_theta")
+    config = config_from_hf(raw, "config.json")
+    assert config.rope_theta == 500000.0 and config.rope_scaling == legacy.rope_scaling
+    default = config_from_hf({**LLAMA, "rope_parameters": {"rope_type": "default", "rope_theta": 7.0}}, "x")
+    assert default.rope_theta == 7.0 and default.rope_scaling is None
 
 
 def test_dtype_argument_casts_parameters(tmp_path):
