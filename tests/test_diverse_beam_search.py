@@ -1,0 +1,104 @@
+"""Diverse beam search: the worked example and the penalty threshold by hand, groups that
+differ at every step, strength 0 = ordinary beam search per group, the constrained dense
+path against the sparse one, and input validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from constraints import build_fixed_length_index, build_variable_length_index
+from decoding.beam_search import beam_search
+from decoding.diverse_beam_search import diverse_beam_search
+from fake_models import BigramModel, HistoryModel, TokenCache, counting_params, random_params
+
+CAPACITY = 32
+
+
+def run(model, params, prompts, lengths, search=diverse_beam_search, **kwargs):
+    prompts = np.asarray(prompts)
+    cache = TokenCache.empty(prompts.shape[0], CAPACITY)
+    return search(model, params, cache, prompts, np.asarray(lengths), **kwargs)
+
+
+def test_worked_example_and_penalty_threshold():
+    """Module docstring: group 1 avoids "2" once the penalty exceeds the log-prob gap of 10."""
+    p = float(np.log1p(5 * np.exp(-10.0)))
+    kwargs = dict(num_beams=2, num_groups=2, max_new_tokens=2, length_penalty=0.0)
+    for strength, second in ((20.0, [0, 1]), (11.0, [0, 1]), (9.0, [2, 3]), (0.0, [2, 3])):
+        out = run(BigramModel(), counting_params(6), [[1]], [1], diversity_strength=strength, **kwargs)
+        np.testing.assert_array_equal(out.sequences[0], [[2, 3], second])
+        expected_second = -2 * p if second == [2, 3] else -10 - 2 * p
+        np.testing.assert_allclose(out.log_probs[0], [-2 * p, expected_second], rtol=1e-5, atol=1e-6)
+        assert np.all(out.valid)
+
+
+def test_groups_differ_at_every_step():
+    """One beam per group and an overwhelming penalty: at every position the groups' tokens
+    are pairwise distinct (no EOS, so the outputs are the live beams)."""
+    for seed in range(3):
+        out = run(BigramModel(), random_params(6, seed=seed), [[1], [4]], [1, 1], num_beams=3, num_groups=3,
+                  diversity_strength=1e4, max_new_tokens=4, length_penalty=0.0)
+        for row in range(2):
+            for position in range(4):
+                assert len(set(np.asarray(out.sequences[row, :, position]).tolist())) == 3
+        assert np.all(np.diff(np.asarray(out.scores), axis=1) <= 0)  # sorted best first
+
+
+def test_zero_strength_is_ordinary_beam_search_per_group():
+    """Strength 0: each of the 2 groups is ordinary beam search with 3 beams, so every
+    hypothesis comes twice (adjacent after the stable sort)."""
+    params = random_params(7, seed=1, scale=2.0)
+    prompts, lengths = np.array([[3, 1, 4], [5, 0, 0]]), [3, 1]
+    common = dict(max_new_tokens=6, eos_ids=(0, 5), length_penalty=0.7)
+    diverse = run(HistoryModel(), params, prompts, lengths, num_beams=6, num_groups=2, diversity_strength=0.0, **common)
+    plain = run(HistoryModel(), params, prompts, lengths, search=beam_search, num_beams=3, **common)
+    for half in (slice(0, None, 2), slice(1, None, 2)):
+        np.testing.assert_array_equal(diverse.sequences[:, half], plain.sequences)
+        np.testing.assert_array_equal(diverse.lengths[:, half], plain.lengths)
+        np.testing.assert_allclose(diverse.scores[:, half], plain.scores, rtol=1e-6)
+
+
+def test_constrained_dense_path_matches_sparse_path():
+    """A fixed-length index through the dense mask (one group, strength 0) gives the sparse
+    path's result; with 2 groups every valid output is still an item."""
+    rng = np.random.default_rng(8)
+    items = rng.integers(0, 7, size=(12, 3))
+    index = build_fixed_length_index(items, 7)
+    params = random_params(7, seed=4)
+    prompts, lengths = [[2, 6], [1, 0]], [2, 1]
+    sparse = run(HistoryModel(), params, prompts, lengths, search=beam_search, num_beams=4, constraint=index)
+    dense = run(HistoryModel(), params, prompts, lengths, num_beams=4, num_groups=1, diversity_strength=0.0,
+                constraint=index)
+    np.testing.assert_array_equal(dense.sequences, sparse.sequences)
+    np.testing.assert_allclose(dense.scores, sparse.scores, rtol=1e-5)
+    np.testing.assert_array_equal(dense.valid, sparse.valid)
+    grouped = run(HistoryModel(), params, prompts, lengths, num_beams=4, num_groups=2, diversity_strength=3.0,
+                  constraint=index)
+    allowed = {tuple(item) for item in items.tolist()}
+    assert np.all(grouped.valid)
+    assert all(tuple(seq) in allowed for seq in np.asarray(grouped.sequences).reshape(-1, 3).tolist())
+
+
+def test_variable_length_constraint_outputs_in_set():
+    seqs = [[1, 2, 6], [1, 6], [3, 6], [4, 5, 2, 6], [2, 6]]
+    index = build_variable_length_index(seqs, 7, 6)
+    out = run(HistoryModel(), random_params(7, seed=2), [[5, 5]], [2], num_beams=6, num_groups=3,
+              diversity_strength=2.0, constraint=index, length_penalty=0.5)
+    allowed = {tuple(seq) for seq in seqs}
+    found = [tuple(np.asarray(out.sequences[0, b, : out.lengths[0, b]]).tolist()) for b in range(6) if out.valid[0, b]]
+    assert found and set(found) <= allowed
+    assert np.all(np.isneginf(out.scores[0, ~np.asarray(out.valid[0])]))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_beams=3, num_groups=2, diversity_strength=1.0), "multiple of num_groups"),
+        (dict(num_beams=2, num_groups=0, diversity_strength=1.0), "num_groups"),
+        (dict(num_beams=2, num_groups=2, diversity_strength=-1.0), "diversity_strength"),
+    ],
+)
+def test_rejects_bad_input(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        run(BigramModel(), counting_params(6), [[1]], [1], max_new_tokens=2, **kwargs)
