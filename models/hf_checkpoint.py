@@ -49,12 +49,16 @@ def _rope_scaling(raw: dict, path: str) -> Llama3RopeScaling | None:
         raise ValueError(
             f"{path}: unsupported rope_scaling {scaling!r}; only rope_type 'llama3' (or none) is implemented"
         )
-    return Llama3RopeScaling(
-        factor=float(_field(scaling, "factor", path)),
-        low_freq_factor=float(_field(scaling, "low_freq_factor", path)),
-        high_freq_factor=float(_field(scaling, "high_freq_factor", path)),
-        original_max_position=int(_field(scaling, "original_max_position_embeddings", path)),
-    )
+    fields = {
+        "factor": float(_field(scaling, "factor", path)),
+        "low_freq_factor": float(_field(scaling, "low_freq_factor", path)),
+        "high_freq_factor": float(_field(scaling, "high_freq_factor", path)),
+        "original_max_position": int(_field(scaling, "original_max_position_embeddings", path)),
+    }
+    try:
+        return Llama3RopeScaling(**fields)
+    except ValueError as err:
+        raise ValueError(f"{path}: invalid rope scaling: {err}") from err
 
 
 def _sliding_window(raw: dict, model_type: str) -> int | None:
@@ -81,6 +85,7 @@ def config_from_hf(raw: dict, path: str, dtype: Any = None) -> LlamaConfig:
     head_dim = raw.get("head_dim") or dim // n_heads
     attention_bias = _MODEL_TYPES[model_type] or bool(raw.get("attention_bias", False))
     dtype = jnp.float32 if dtype is None else dtype
+    rope_scaling = _rope_scaling(raw, path)
     try:
         return LlamaConfig(
             vocab_size=int(_field(raw, "vocab_size", path)),
@@ -94,7 +99,7 @@ def config_from_hf(raw: dict, path: str, dtype: Any = None) -> LlamaConfig:
             norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
             tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
             attention_bias=attention_bias,
-            rope_scaling=_rope_scaling(raw, path),
+            rope_scaling=rope_scaling,
             sliding_window=_sliding_window(raw, model_type),
             param_dtype=dtype,
             dtype=dtype,
