@@ -1,0 +1,31 @@
+"""Constraint automata for decoding: tries of item token sequences as CSR matrices.
+
+Offline (NumPy) builders turn item sets into a :class:`TrieIndex`; the on-device ops (pure
+JAX, jit- and vmap-friendly) walk it one token per decode step. This package depends on
+nothing else in the project.
+"""
+
+from constraints.builder import Progress, build_fixed_length_index, build_variable_length_index
+from constraints.index import DEAD_STATE, TrieIndex
+from constraints.io import FORMAT_VERSION, load_index, save_index
+from constraints.memory import MemoryReport, index_nbytes, memory_report
+from constraints.ops import advance, allowed_mask, candidates, initial_state, is_complete
+
+__all__ = [
+    "DEAD_STATE",
+    "FORMAT_VERSION",
+    "MemoryReport",
+    "Progress",
+    "TrieIndex",
+    "advance",
+    "allowed_mask",
+    "build_fixed_length_index",
+    "build_variable_length_index",
+    "candidates",
+    "index_nbytes",
+    "initial_state",
+    "is_complete",
+    "load_index",
+    "memory_report",
+    "save_index",
+]
