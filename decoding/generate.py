@@ -88,7 +88,8 @@ def emit(
     step: jax.Array,  # int32 []
     logits: jax.Array,  # float32 [batch, vocab]
 ) -> tuple[jax.Array, jax.Array]:  # int32 [batch], float32 [batch]
-    """Samples one token per row with ``fold_in(key, step)``; returns it and its model log-prob."""
+    """Samples one token per row with ``fold_in(key, step)``; returns it and its model log-prob
+    (log_softmax of the raw logits, not of the sampler's processed distribution). All traced."""
     logits = logits.astype(jnp.float32)
     token = settings.sampler.sample(jax.random.fold_in(settings.key, step), logits)
     log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[:, None], axis=-1)[:, 0]
@@ -101,7 +102,8 @@ def record(
     token: jax.Array,  # int32 [batch]
     log_prob: jax.Array,  # float32 [batch]
 ) -> Bookkeeping:
-    """Writes the token of every row not yet done at its next column and updates ``done``."""
+    """Writes the token of every row not yet done at its next column and updates ``done``
+    (EOS or the row's limit reached). All traced."""
     batch, width = book.tokens.shape
     active = ~book.done
     rows = jnp.arange(batch)
@@ -155,7 +157,9 @@ def decode_step(model: Any, params: Any, carry: DecodeCarry, settings: DecodeSet
 
 
 def decode_loop(model: Any, params: Any, carry: DecodeCarry, settings: DecodeSettings) -> DecodeCarry:
-    """Runs :func:`decode_step` in a ``lax.while_loop`` until every row is done (traceable)."""
+    """Runs :func:`decode_step` in a ``lax.while_loop`` until every row is done or ``width``
+    steps have run (traceable; call it inside jit). ``model`` and the buffer width are static;
+    ``params``, ``carry`` and ``settings`` are traced."""
     width = carry.book.tokens.shape[1]
 
     def not_finished(c: DecodeCarry) -> jax.Array:

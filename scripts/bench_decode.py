@@ -18,8 +18,8 @@ to the limit), it measures in one process:
 * peer (optional): if ``torch`` and ``transformers`` import, a random Hugging Face
   ``LlamaForCausalLM`` with the preset's shape is saved as safetensors and loaded here with
   ``models.load_hf_checkpoint``, so both sides run the same weights (float32); HF
-  ``generate`` (greedy, same lengths) is timed and reported as a ratio. Skipped with a note
-  otherwise.
+  ``generate`` (greedy, same lengths, ``--torch-threads`` intra-op threads) is timed and
+  reported as a ratio, with the fraction of identical tokens. Skipped with a note otherwise.
 
 Compile time is reported apart (lowering + compiling, or a first call's excess); warm-up
 calls are excluded; each figure is the best of ``--repeats`` timed calls (on a shared CPU
@@ -207,6 +207,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new-tokens", type=int, default=None, help="default 128 (32 with --quick)")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per case (default 5, 2 with --quick)")
     parser.add_argument("--no-peer", action="store_true", help="skip the transformers comparison")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="torch intra-op threads for the peer (default 1: OpenMP spin-waits collapse on a shared CPU)")
     args = parser.parse_args(argv)
     prompt_len = args.prompt_len or (32 if args.quick else 64)
     new_tokens = args.new_tokens or (32 if args.quick else 128)
@@ -220,6 +222,9 @@ def main(argv: list[str] | None = None) -> None:
     note = "peer disabled (--no-peer)" if args.no_peer else peer_available()
     hf_model = None
     if note is None:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
         hf_model, config, params = hf_twin(config, seed=0)
     else:
         params = init_params(config, jax.random.key(0))
@@ -243,11 +248,12 @@ def main(argv: list[str] | None = None) -> None:
 
     print_table(rows, COLUMNS, title=f"decode: {args.preset}, prompt {prompt_len}, {new_tokens} new tokens")
     if peer_rows:
-        print_table(peer_rows, PEER_COLUMNS, title="peer: transformers generate, same weights (ratio ours / HF)")
+        print_table(peer_rows, PEER_COLUMNS, title=f"peer: transformers generate, same weights, torch threads {args.torch_threads} (ratio ours / HF)")
     else:
         print(f"\n{note}")
     write_json(args.json, {"preset": args.preset, "prompt_len": prompt_len, "new_tokens": new_tokens,
-                           "repeats": repeats, "load_average_start": load_start, "rows": rows, "peer": peer_rows, "peer_note": note})
+                           "repeats": repeats, "load_average_start": load_start, "rows": rows, "peer": peer_rows, "peer_note": note,
+                           "torch_threads": args.torch_threads})
 
 
 if __name__ == "__main__":
