@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from constraints.baselines.common import PrefixState, check_items, max_branching, sort_unique
+from constraints.baselines.common import PrefixState, check_items, max_branching
 
 
 def _lex_less(row: jax.Array, query: jax.Array, or_equal: bool) -> jax.Array:
@@ -180,15 +180,36 @@ class PPVIndex:
         return jax.lax.while_loop(cond, body, init)[1]
 
 
-def pack_items(ordered: np.ndarray, bits: int, per_word: int) -> np.ndarray:
-    """Sorted items int32 [num_items, depth] -> uint32 [num_items, words] (NumPy), zero padded."""
-    num_items, depth = ordered.shape
+def pack_items(items: np.ndarray, bits: int, per_word: int) -> np.ndarray:
+    """Items int32 [num_items, depth] -> keys uint32 [num_items, words] (NumPy), zero padded; key
+    order (word by word) is the items' lexicographic order."""
+    num_items, depth = items.shape
     words = -(-depth // per_word)
     keys = np.zeros((num_items, words), np.uint32)
     for position in range(depth):
         shift = (per_word - 1 - position % per_word) * bits
-        keys[:, position // per_word] |= ordered[:, position].astype(np.uint32) << np.uint32(shift)
+        keys[:, position // per_word] |= items[:, position].astype(np.uint32) << np.uint32(shift)
     return keys
+
+
+def _sorted_unique_keys(items: np.ndarray, bits: int, per_word: int) -> tuple[np.ndarray, np.ndarray]:
+    """Packs, sorts and dedupes: returns (items int32 [n, depth], keys uint32 [n, words]), both sorted.
+
+    Sorting the packed keys (pairs of words fused into uint64) is a lexsort over
+    ``ceil(words / 2)`` columns instead of ``depth``.
+    """
+    keys = pack_items(items, bits, per_word)
+    words = keys.shape[1]
+    if words % 2:
+        keys_even = np.concatenate([keys, np.zeros((len(keys), 1), np.uint32)], axis=1)
+    else:
+        keys_even = keys
+    wide = (keys_even[:, 0::2].astype(np.uint64) << np.uint64(32)) | keys_even[:, 1::2]
+    order = np.lexsort(wide.T[::-1])
+    keys = keys[order]
+    keep = np.ones(len(keys), bool)
+    keep[1:] = np.any(keys[1:] != keys[:-1], axis=1)
+    return items[order[keep]], keys[keep]
 
 
 def build_ppv(items, vocab_size: int, sample_window: int = 0) -> PPVIndex:
@@ -199,11 +220,11 @@ def build_ppv(items, vocab_size: int, sample_window: int = 0) -> PPVIndex:
     items = check_items(items, vocab_size)
     if not isinstance(sample_window, int) or sample_window < 0:
         raise ValueError(f"sample_window must be an int >= 0, got {sample_window!r}")
-    ordered = sort_unique(items)
     bits = max(1, int(vocab_size - 1).bit_length())
     per_word = 32 // bits
+    ordered, keys = _sorted_unique_keys(items, bits, per_word)
     return PPVIndex(
-        keys=jnp.asarray(pack_items(ordered, bits, per_word)),
+        keys=jnp.asarray(keys),
         vocab_size=int(vocab_size),
         depth=ordered.shape[1],
         bits=bits,
