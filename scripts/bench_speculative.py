@@ -24,20 +24,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import os
+import subprocess
 import sys
+import tempfile
 
 import jax
 import numpy as np
+import safetensors.numpy
+from flax import traverse_util
 
 import train_lm
 from _bench_common import add_common_args, measure_calls, print_table, write_json
 from decoding.drafts import ModelDraft, PromptLookupDraft
 from decoding.generate import generate
 from decoding.speculative import speculative_generate
-from models import Decoder, init_cache, init_params, preset, restore_params
+from models import Decoder, LlamaConfig, init_cache, init_params, load_hf_checkpoint, preset, restore_params
+from models.hf_checkpoint import hf_name
 
 # Recipes used when --ckpt holds no trained pair: (target preset, draft preset, settings).
 FULL_RECIPE = ("small", "draft", dict(steps=150, batch=32, seq_len=128, warmup_steps=15, checkpoint_every=25))
@@ -103,8 +107,9 @@ def _greedy_row(batch: int, plain, produced: float) -> dict:
     }
 
 
-def bench_batch(pair: Pair, batch: int, ks: tuple[int, ...], args) -> list[dict]:
-    """Rows for one batch size: plain greedy, then each draft source at each k in ``ks``."""
+def bench_batch(pair: Pair, batch: int, ks: tuple[int, ...], args) -> tuple[list[dict], tuple[np.ndarray, ...]]:
+    """Rows for one batch size: plain greedy, then each draft source at each k in ``ks``; plus
+    (prompts, lengths, greedy tokens) of this batch."""
     prompts, lengths = heldout_prompts(batch, args.prompt_len)
     new = args.new_tokens
     capacity = args.prompt_len + new + max(args.ks) + 1
@@ -145,7 +150,105 @@ def bench_batch(pair: Pair, batch: int, ks: tuple[int, ...], args) -> list[dict]
                                   and np.array_equal(out_lengths, reference_lengths)),
                 "run_s": spec.runs.median_s, "compile_s": spec.compile_s,
             })
+    return rows, (prompts, lengths, reference_tokens)
+
+
+# Runs under --peer-python (an interpreter with torch + transformers; it needs no jax): times HF
+# generate at batch 1 (assisted generation supports batch 1 only) as greedy, assisted by the
+# draft model with a constant k, and with prompt lookup. Reads a JSON spec on stdin.
+_HF_WORKER = r"""
+import json, sys, time
+import torch
+from transformers import AutoModelForCausalLM
+spec = json.load(sys.stdin)
+load = lambda d: AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+target, draft = load(spec["target"]), load(spec["draft"])
+draft.generation_config.num_assistant_tokens = spec["k"]
+draft.generation_config.num_assistant_tokens_schedule = "constant"
+draft.generation_config.assistant_confidence_threshold = 0.0
+common = dict(max_new_tokens=spec["new_tokens"], min_new_tokens=spec["new_tokens"], do_sample=False, pad_token_id=0)
+modes = {
+    "hf-greedy": {},
+    "hf-assisted": {"assistant_model": draft},
+    "hf-lookup": {"prompt_lookup_num_tokens": spec["k"], "max_matching_ngram_size": spec["ngram"]},
+}
+results = {}
+with torch.inference_mode():
+    for name, extra in modes.items():
+        target.generate(torch.tensor([spec["prompts"][0]]), **common, **extra)
+        seconds, tokens = [], []
+        for prompt in spec["prompts"]:
+            ids = torch.tensor([prompt])
+            start = time.perf_counter()
+            out = target.generate(ids, **common, **extra)
+            seconds.append(time.perf_counter() - start)
+            tokens.append(out[0, len(prompt):].tolist())
+        results[name] = {"seconds": seconds, "tokens": tokens}
+json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "results": results}, sys.stdout)
+"""
+
+
+def export_hf(config: LlamaConfig, params: dict, out_dir: str) -> None:
+    """Writes ``params`` as a Hugging Face LlamaForCausalLM checkpoint (config.json +
+    model.safetensors) and checks that ``models.load_hf_checkpoint`` reads back the same arrays."""
+    if config.attention_bias or config.rope_scaling is not None or config.sliding_window is not None:
+        raise ValueError("export_hf writes plain Llama configs only (no attention bias, rope scaling, window)")
+    os.makedirs(out_dir, exist_ok=True)
+    flat = traverse_util.flatten_dict(jax.device_get(params))
+    tensors = {}
+    for key, value in flat.items():
+        name, transpose = hf_name(key)
+        value = np.asarray(value, np.float32)
+        tensors[name] = np.ascontiguousarray(value.T if transpose else value)
+    safetensors.numpy.save_file(tensors, os.path.join(out_dir, "model.safetensors"))
+    hf_config = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": config.vocab_size,
+        "hidden_size": config.dim, "intermediate_size": config.hidden_dim, "num_hidden_layers": config.n_layers,
+        "num_attention_heads": config.n_heads, "num_key_value_heads": config.n_kv_heads, "head_dim": config.head_dim,
+        "rms_norm_eps": config.norm_eps, "rope_theta": config.rope_theta, "tie_word_embeddings": config.tie_embeddings,
+        "max_position_embeddings": 4096, "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
+        "torch_dtype": "float32", "bos_token_id": None, "eos_token_id": None,
+    }
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(hf_config, f, indent=2)
+    _, loaded = load_hf_checkpoint(out_dir)
+    for key, value in traverse_util.flatten_dict(loaded).items():
+        if not np.array_equal(np.asarray(value), np.asarray(flat[key])):
+            raise ValueError(f"export_hf: {'/'.join(key)} does not round-trip through {out_dir}")
+
+
+def hf_peer(pair: Pair, python: str, prompts: np.ndarray, lengths: np.ndarray, reference: np.ndarray, args) -> list[dict]:
+    """Rows for HF generate at batch 1 on ``prompts`` (int32 [n, P]); ``reference`` (int32 [n, new])
+    holds our greedy tokens for them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for role, model, params in (("target", pair.target, pair.target_params), ("draft", pair.draft, pair.draft_params)):
+            export_hf(model.config, params, os.path.join(tmp, role))
+        spec = {
+            "target": os.path.join(tmp, "target"), "draft": os.path.join(tmp, "draft"), "k": args.k,
+            "ngram": args.ngram, "new_tokens": args.new_tokens,
+            "prompts": [row[:n].tolist() for row, n in zip(prompts, lengths)],
+        }
+        done = subprocess.run([python, "-c", _HF_WORKER], input=json.dumps(spec), capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"HF peer failed under {python}:\n{done.stderr[-2000:]}")
+    report = json.loads(done.stdout)
+    rows = []
+    for method, result in report["results"].items():
+        produced = sum(len(t) for t in result["tokens"])
+        rows.append({
+            "batch": 1, "method": method, "k": 0 if method == "hf-greedy" else args.k,
+            "tok_per_s": produced / sum(result["seconds"]),
+            "identical": [t for t in result["tokens"]] == reference[:, : args.new_tokens].tolist(),
+            "run_s": float(np.median(result["seconds"])),
+        })
+    for row in rows:
+        row["speedup"] = row["tok_per_s"] / rows[0]["tok_per_s"]
     return rows
+
+
+def _has_hf(python: str) -> bool:
+    probe = subprocess.run([python, "-c", "import torch, transformers"], capture_output=True, check=False)
+    return probe.returncode == 0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -158,6 +261,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt-len", type=int, default=None, help="longest prompt in bytes (default 256; quick 64)")
     parser.add_argument("--new-tokens", type=int, default=None, help="new tokens per row (default 128; quick 32)")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per case (default 3)")
+    parser.add_argument("--peer-python", default=sys.executable,
+                        help="interpreter with torch + transformers for the HF peer (default: this one)")
+    parser.add_argument("--peer-prompts", type=int, default=None, help="prompts timed by the HF peer (default 4; quick 2)")
     args = parser.parse_args(argv)
     ints = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
     args.ckpt = args.ckpt or os.path.join("runs", "lm_quick" if args.quick else "lm")
@@ -166,6 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     args.prompt_len = args.prompt_len or (64 if args.quick else 256)
     args.new_tokens = args.new_tokens or (32 if args.quick else 128)
     args.repeats = args.repeats or 3
+    args.peer_prompts = args.peer_prompts or (2 if args.quick else 4)
     if min(args.batches) < 1 or min(args.ks) < 1 or args.k < 1 or args.prompt_len < 2 or args.new_tokens < 1:
         raise ValueError("batches, ks, k and new tokens must be >= 1 and prompt-len >= 2")
     args.ks = tuple(sorted(set(args.ks) | {args.k}))
@@ -175,7 +282,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.new_tokens} new tokens, {args.repeats} timed call(s) per case, backend {jax.default_backend()}")
     rows = []
     for batch in args.batches:
-        rows += bench_batch(pair, batch, args.ks if batch == 1 else (args.k,), args)
+        batch_rows, inputs = bench_batch(pair, batch, args.ks if batch == 1 else (args.k,), args)
+        rows += batch_rows
     table = [r for r in rows if r["k"] in (0, args.k)]
     sweep = [r for r in rows if r["batch"] == 1]
     columns = ["batch", "method", "k", "tok_per_s", "speedup", "accept_rate", "tok_per_call", "identical", "run_s", "compile_s"]
@@ -194,15 +302,20 @@ def main(argv: list[str] | None = None) -> None:
                 ratio = by[(8, method)]["tok_per_s"] / by[(1, method)]["tok_per_s"]
                 goals[f"{method}_batch8_over_batch1"] = {"k": args.k, "value": ratio, "goal": 3.0}
     all_identical = all(r["identical"] for r in rows if r["k"])
-    peer = "not run: the HF assisted-generation peer needs torch and transformers, which are not importable here"
-    if importlib.util.find_spec("torch") and importlib.util.find_spec("transformers"):
-        peer = "not run: this bench has no HF export of the pair; torch and transformers are importable"
+    peer_rows, peer = [], f"not run: {args.peer_python} cannot import torch and transformers (see --peer-python)"
+    if _has_hf(args.peer_python):
+        count = min(args.peer_prompts, len(inputs[0]))
+        peer_rows = hf_peer(pair, args.peer_python, *(x[:count] for x in inputs), args)
+        peer = f"HF transformers generate under {args.peer_python}, batch 1, {count} prompts (first rows of batch {len(inputs[0])})"
+        print_table(peer_rows, ["batch", "method", "k", "tok_per_s", "speedup", "identical", "run_s"], title=f"peer: {peer}")
     print(f"\ngoals: {json.dumps(goals, default=float)}")
     print(f"all speculative outputs identical to plain greedy: {all_identical}")
-    print(f"HF peer: {peer}")
+    if not peer_rows:
+        print(f"HF peer: {peer}")
     write_json(args.json, {
         "pair": pair.presets, "settings": {k: v for k, v in vars(args).items() if k != "json"},
-        "batch_table": table, "k_sweep": sweep, "goals": goals, "all_identical": all_identical, "peer": peer,
+        "batch_table": table, "k_sweep": sweep, "goals": goals, "all_identical": all_identical,
+        "peer": {"note": peer, "rows": peer_rows},
     })
 
 
