@@ -150,6 +150,23 @@ def _stops(settings: Settings, constraint: Any, tokens: jax.Array, states: jax.A
     return stop
 
 
+def _draft_states(
+    constraint: Any,
+    state: jax.Array,  # int32 [batch]  after the pending token
+    drafts: jax.Array,  # int32 [batch, k]
+) -> jax.Array:  # int32 [batch, k + 1]
+    """``[:, j]``: the automaton state after draft ``d_j`` (``d_0`` = the pending token)."""
+    if constraint is None:
+        return jnp.broadcast_to(state[:, None], (state.shape[0], drafts.shape[1] + 1))
+
+    def step(current, token):
+        following = advance_constraint(constraint, current, token)
+        return following, following
+
+    _, later = jax.lax.scan(step, state, drafts.T)
+    return jnp.concatenate([state[:, None], later.T], axis=1)
+
+
 def _record(book: Book, settings: Settings, emitted, log_probs, num_emitted, stopped, active) -> Book:
     """Writes each row's ``num_emitted`` tokens (int32 [batch, T]) after its recorded ones."""
     batch, width = book.tokens.shape
@@ -180,11 +197,7 @@ def _round(target, params, draft, constraint, settings: Settings, k: int, carry:
     draft_state, drafts, draft_log_probs = draft.propose(
         carry.draft, k, settings.sampler, keys[:, 0], constraint, tgt.constraint_state
     )
-    # states[:, j]: the automaton state after d_j (d_0 = the pending token).
-    states = [tgt.constraint_state]
-    for j in range(k):
-        states.append(advance_constraint(constraint, states[-1], drafts[:, j]))
-    states = jnp.stack(states, axis=1)  # [batch, k + 1]
+    states = _draft_states(constraint, tgt.constraint_state, drafts)  # [batch, k + 1]
 
     verify = jnp.concatenate([tgt.pending[:, None], drafts], axis=1)
     start = tgt.cache.lengths

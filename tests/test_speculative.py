@@ -110,11 +110,6 @@ def test_prompt_lookup_matches_generate(reference, k):
     _assert_same_as_reference(_speculative(PromptLookupDraft(ngram=2, vocab_size=VOCAB), k), reference)
 
 
-def test_a_different_draft_model_matches_generate(reference):
-    draft = ModelDraft(BigramModel(), random_params(VOCAB, seed=5), TokenCache.empty(BATCH, CAPACITY))
-    _assert_same_as_reference(_speculative(draft, 3), reference)
-
-
 def test_batch_one_and_eight_match_generate(reference):
     _assert_same_as_reference(_speculative("perturbed", 1, rows=slice(0, 1)), reference, slice(0, 1))
     lookup = PromptLookupDraft(ngram=1, vocab_size=VOCAB)
