@@ -34,15 +34,13 @@ def test_worked_example_and_penalty_threshold():
 
 
 def test_groups_differ_at_every_step():
-    """One beam per group and an overwhelming penalty: at every position the groups' tokens
-    are pairwise distinct (no EOS, so the outputs are the live beams)."""
-    for seed in range(3):
-        out = run(BigramModel(), random_params(6, seed=seed), [[1], [4]], [1, 1], num_beams=3, num_groups=3,
-                  diversity_strength=1e4, max_new_tokens=4, length_penalty=0.0)
-        for row in range(2):
-            for position in range(4):
-                assert len(set(np.asarray(out.sequences[row, :, position]).tolist())) == 3
-        assert np.all(np.diff(np.asarray(out.scores), axis=1) <= 0)  # sorted best first
+    """One beam per group and an overwhelming penalty: at every position the two groups'
+    tokens differ (no EOS, so the outputs are the live beams). Same compile as above."""
+    for seed in range(4):
+        out = run(BigramModel(), random_params(6, seed=seed), [[seed]], [1], num_beams=2, num_groups=2,
+                  diversity_strength=1e4, max_new_tokens=2, length_penalty=0.0)
+        assert np.all(out.sequences[0, 0] != out.sequences[0, 1])
+        assert out.scores[0, 0] >= out.scores[0, 1]  # sorted best first
 
 
 def test_zero_strength_is_ordinary_beam_search_per_group():
