@@ -48,7 +48,7 @@ def _csr_levels(
     lengths: np.ndarray | None,  # int64 [num_items], tokens per item (None: all of depth)
     report: Callable[[str], None],
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
-    """The CSR arrays of the trie of ``rows``: (indptr int64, tokens, states per level)."""
+    """The CSR arrays of the trie of ``rows``: (indptr int32, tokens, states per level)."""
     num_items, depth = rows.shape
     diff = _first_difference(rows)
     starts = np.empty(num_items, dtype=bool)
@@ -63,12 +63,14 @@ def _csr_levels(
             starts &= lengths >= level
         level_rows = np.flatnonzero(starts)
         token_parts.append(rows[level_rows, level - 1])
-        indptr_parts.append(edge_base + np.searchsorted(level_rows, prev_rows))
+        indptr_parts.append((edge_base + np.searchsorted(level_rows, prev_rows)).astype(np.int32))
         edge_base += level_rows.shape[0]
+        if edge_base > _INT32_MAX:
+            raise ValueError(f"the index needs more than {_INT32_MAX} edges; int32 state ids cannot address it")
         level_sizes.append(level_rows.shape[0])
         prev_rows = level_rows
         report(f"level {level}/{depth}")
-    indptr_parts.append(np.array([edge_base], dtype=np.int64))
+    indptr_parts.append(np.array([edge_base], dtype=np.int32))
     return np.concatenate(indptr_parts), np.concatenate(token_parts), tuple(level_sizes)
 
 
@@ -104,9 +106,6 @@ def _build(
         lengths = np.argmax(rows == eos_id, axis=1) + 1  # rows are padded with EOS
     report("sort")
     indptr, tokens, level_sizes = _csr_levels(rows, lengths, report)
-    if indptr[-1] > _INT32_MAX:
-        raise ValueError(f"the index has {int(indptr[-1])} edges; int32 state ids allow at most {_INT32_MAX}")
-    indptr = indptr.astype(np.int32)
     if dense_budget_bytes is None:
         dense_budget_bytes = (indptr.nbytes + tokens.nbytes) // 4
     elif dense_budget_bytes < 0:

@@ -41,6 +41,8 @@ def _read(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
                 raise ValueError(f"{path}: not a trie index file (arrays {sorted(names)})")
             meta = json.loads(str(data["meta"]))
             arrays = {name: data[name] for name in _ARRAYS}
+    except FileNotFoundError:
+        raise
     except (OSError, EOFError, zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not a readable trie index file ({type(err).__name__}: {err})") from err
     except ValueError as err:
@@ -86,7 +88,8 @@ def load_index(path: str | os.PathLike) -> TrieIndex:
     """Reads an index written by :func:`save_index`; arrays go to the default device.
 
     Raises:
-      ValueError: naming ``path``, for a missing, truncated, foreign, wrong-version or
+      FileNotFoundError: no file at ``path``.
+      ValueError: naming ``path``, for a truncated, foreign, wrong-version or
         inconsistent file.
     """
     meta, arrays = _read(path)
