@@ -228,3 +228,25 @@ def test_rejects_inconsistent_constraint(kwargs, message):
              else build_variable_length_index([[1, 5], [2, 3, 5]], vocab, 5))
     with pytest.raises(ValueError, match=message):
         run_beams(BigramModel(), counting_params(6), [[1]], [1], index, num_beams=2, **kwargs)
+
+
+def test_tiny_transformer_sparse_path_equals_brute_force():
+    """The tiny Llama from models/ (KV cache gathered by parent beam): every item ranked by the
+    no-cache full forward's log-prob, then invalid beams."""
+    from models import Decoder, forward, init_cache, init_params, preset
+
+    config = preset("tiny")
+    params = init_params(config, jax.random.key(0))
+    rng = np.random.default_rng(5)
+    items = unique(rng.integers(0, config.vocab_size, size=(10, 2)))
+    index = build_fixed_length_index(np.array(items), config.vocab_size)
+    prompt = [72, 105, 33]
+    cache = init_cache(config, batch=1, capacity=32)
+    out = beam_search(Decoder(config), params, cache, np.array([prompt]), np.array([3]), num_beams=12,
+                      constraint=index, length_penalty=0.0)
+    full = np.array([prompt + list(item) for item in items], np.int32)
+    log_softmax = np.asarray(jax.nn.log_softmax(forward(config, params, full), axis=-1), np.float64)
+    positions = np.arange(len(prompt) - 1, full.shape[1] - 1)
+    scores = [float(np.sum(log_softmax[i, positions, full[i, len(prompt):]])) for i in range(len(items))]
+    expected = sorted(((s, s, item) for s, item in zip(scores, items)), key=lambda h: -h[0])
+    assert_matches(out, 0, expected, width=2)
