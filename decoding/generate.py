@@ -254,7 +254,10 @@ def generate(
     validation.check_prompt_tokens(prompts_np, lengths_np, vocab_size)
     eos_ids = validation.check_token_ids("eos_ids", eos_ids, vocab_size)
 
-    bucket = bucket_length(int(lengths_np.max()), cache.capacity - int(cache_lengths.max()), min_bucket)
+    # Padding columns past the fullest row's room would be written past its capacity; cap the
+    # bucket there, but never below the longest prompt (rows with less cached all fit it).
+    longest = int(lengths_np.max())
+    bucket = bucket_length(longest, max(cache.capacity - int(cache_lengths.max()), longest), min_bucket)
     settings = DecodeSettings(
         sampler=sampler,
         key=jax.random.key(0) if key is None else key,

@@ -331,3 +331,16 @@ def test_package_exports_resolve():
     for name in decoding.__all__:
         assert getattr(decoding, name) is not None, name
     assert decoding.generate is generate
+
+
+def test_continues_a_partly_filled_cache(history_params):
+    """Rows that already hold different numbers of tokens (a second turn) decode as if the whole
+    history had been the prompt. Row 0 has room for 10 more tokens, row 1's prompt has 12: the
+    bucket is 12 and row 0's padding falls past its capacity."""
+    first = np.array([[4, 5, 6, 7, 8, 9, 1, 2, 3, 4, 5, 6, 7, 8], [6] + [0] * 13])
+    _, cache = prefill(HistoryModel(), history_params, TokenCache.empty(2, 24), jnp.asarray(first), jnp.array([14, 1]))
+    second = np.array([[7] + [0] * 11, [1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 3]])
+    out = generate(HistoryModel(), history_params, cache, second, np.array([1, 12]), max_new_tokens=4)
+    for row, history in enumerate([list(first[0]) + [7], [6] + list(second[1])]):
+        expected, _ = numpy_greedy(history_params, history, 4)
+        np.testing.assert_array_equal(np.asarray(out.tokens[row]), expected)
