@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from decoding.generate import compiled_variants, generate
 from decoding.prefill import bucket_length, pad_prompts, prefill
@@ -126,6 +128,26 @@ def test_greedy_matches_numpy_no_cache_oracle(history_params):
         assert int(out.lengths[row]) == n
         np.testing.assert_array_equal(np.asarray(out.tokens[row, :n]), expected)
         np.testing.assert_allclose(np.asarray(out.log_probs[row, :n]), expected_log_p, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    prompts=st.lists(st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=8), min_size=3, max_size=3),
+    limits=st.lists(st.integers(0, 6), min_size=3, max_size=3),
+    eos_ids=st.lists(st.integers(0, VOCAB - 1), min_size=2, max_size=2, unique=True).map(tuple),
+)
+def test_property_matches_numpy_oracle(history_params, prompts, limits, eos_ids):
+    """Random ragged prompts, per-row limits and two stop ids (fixed shapes: one compile)."""
+    lengths = np.array([len(p) for p in prompts])
+    padded = np.zeros((3, 8), np.int32)
+    for row, prompt in enumerate(prompts):
+        padded[row, : len(prompt)] = prompt
+    out = generate(HistoryModel(), history_params, TokenCache.empty(3, 16), padded, lengths,
+                   max_new_tokens=np.asarray(limits, np.int32), width=6, eos_ids=eos_ids, pad_id=-1)
+    for row in range(3):
+        expected = numpy_greedy(history_params, prompts[row], limits[row], eos_ids)[0] if limits[row] else []
+        assert np.asarray(out.tokens[row]).tolist() == expected + [-1] * (6 - len(expected))
+        assert int(out.lengths[row]) == len(expected)
 
 
 @pytest.mark.parametrize(
