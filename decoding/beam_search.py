@@ -60,6 +60,7 @@ from constraints import TrieIndex, advance, initial_state, is_complete
 from decoding.beam_helpers import (
     BeamSearchOutput,
     TopBeams,
+    flatten_beams,
     gather_beams,
     length_penalty,
     parent_rows,
@@ -67,6 +68,7 @@ from decoding.beam_helpers import (
     prepare_inputs,
     take_candidates,
     to_output,
+    unflatten_beams,
 )
 from decoding.cache_rows import gather_rows, repeat_rows
 from decoding.constrained import mask_log_probs, sparse_beam_search
@@ -174,7 +176,7 @@ def _select(
     done = carry.done | (bound < finished.scores[:, -1]) | (best == -jnp.inf)
     return BeamCarry(
         cache=gather_rows(carry.cache, parent_rows(parent, beams)),
-        last_tokens=token.reshape(-1),
+        last_tokens=flatten_beams(token),
         step=step + 1,
         live=new_live,
         finished=finished,
@@ -232,7 +234,7 @@ def run_dense(
 
     def body(c: BeamCarry) -> BeamCarry:
         logits, cache = model(params, c.last_tokens[:, None], c.cache, jnp.ones((rows * beams,), jnp.int32))
-        log_probs = jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), axis=-1).reshape(rows, beams, -1)
+        log_probs = unflatten_beams(jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), axis=-1), beams)
         if index is not None:
             log_probs = mask_log_probs(index, c.live.states, log_probs)
         return _select(c.replace(cache=cache), log_probs, settings, alpha)

@@ -32,7 +32,16 @@ from flax import struct
 
 from constraints import DEAD_STATE, TrieIndex, advance, allowed_mask, candidates, initial_state, is_complete
 from decoding import validation
-from decoding.beam_helpers import check_constraint, gather_beams, length_penalty, parent_rows, take_candidates, top_beams
+from decoding.beam_helpers import (
+    check_constraint,
+    flatten_beams,
+    gather_beams,
+    length_penalty,
+    parent_rows,
+    take_candidates,
+    top_beams,
+    unflatten_beams,
+)
 from decoding.cache_rows import gather_rows, repeat_rows
 from decoding.generate import Bookkeeping, DecodeSettings, GenerateOutput, ModelState, record
 from decoding.prefill import DEFAULT_MIN_BUCKET, bucket_length, pad_prompts, prefill
@@ -103,9 +112,9 @@ def sparse_beam_search(
     tokens = jnp.full((batch, num_beams, index.depth), pad_id, jnp.int32)
     for depth in range(index.depth):
         if depth > 0:
-            step_tokens = tokens[:, :, depth - 1].reshape(-1, 1)
+            step_tokens = flatten_beams(tokens[:, :, depth - 1])[:, None]
             logits, cache = model(params, step_tokens, cache, jnp.ones((batch * num_beams,), jnp.int32))
-            log_probs = jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), axis=-1).reshape(batch, num_beams, -1)
+            log_probs = unflatten_beams(jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), axis=-1), num_beams)
         scores, cand_tokens, cand_states = sparse_candidates(index, states, log_probs, depth)
         scores = live[..., None] + scores
         parent, column = top_beams(scores, num_beams)

@@ -168,7 +168,7 @@ def test_constrained_greedy_equals_numpy_masked_argmax(fixed):
     params = random_params(vocab, seed=9)
     prompts = np.array([[1, 2, 3], [4, 0, 0], [9, 9, 0], [0, 5, 0]])
     lengths = [3, 1, 2, 2]
-    out, complete = run_generate(HistoryModel(), params, prompts, lengths, index, pad_id=vocab + 1)
+    out, complete = run_generate(HistoryModel(), params, prompts, lengths, index, sampler=Greedy(), pad_id=vocab + 1)
     for row in range(len(prompts)):
         context, emitted, log_probs = list(prompts[row, : lengths[row]]), (), []
         while emitted not in set(items):
