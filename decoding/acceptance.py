@@ -139,3 +139,12 @@ def emitted_tokens(
     padded = jnp.concatenate([draft_tokens, jnp.zeros_like(draft_tokens[:, :1])], axis=1)
     n = verdict.num_accepted[:, None]
     return jnp.where(slots < n, padded, jnp.where(slots == n, verdict.next_token[:, None], 0)).astype(jnp.int32)
+
+
+def token_log_probs(
+    logits: jax.Array,  # float32 [..., vocab]
+    tokens: jax.Array,  # int32 [...]
+) -> jax.Array:  # float32 [...]
+    """The model's (unprocessed) log_softmax at ``tokens``: what the outputs report."""
+    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(log_p, tokens[..., None], axis=-1)[..., 0]

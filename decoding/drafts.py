@@ -63,6 +63,24 @@ def advance_constraint(
     return advance(constraint, constraint_state, tokens)
 
 
+def states_along(
+    constraint: Any,  # a constraints.TrieIndex, or None
+    state: jax.Array,  # int32 [batch]  the state after the last emitted token
+    tokens: jax.Array,  # int32 [batch, k]
+) -> jax.Array:  # int32 [batch, k + 1]
+    """``[:, j]``: the automaton state after the first ``j`` of ``tokens`` (``[:, 0]`` = ``state``);
+    all equal to ``state`` without a constraint."""
+    if constraint is None:
+        return jnp.broadcast_to(state[:, None], (state.shape[0], tokens.shape[1] + 1))
+
+    def step(current, token):
+        following = advance(constraint, current, token)
+        return following, following
+
+    _, later = jax.lax.scan(step, state, tokens.T)
+    return jnp.concatenate([state[:, None], later.T], axis=1)
+
+
 class DraftSource(Protocol):
     """The interface the speculative loop drives (see the module docstring)."""
 
@@ -275,6 +293,13 @@ class PromptLookupDraft:
         return self
 
 
+def check_num_draft_tokens(k: Any) -> int:
+    """``k`` as a Python int >= 1, or a ValueError."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"num_draft_tokens must be a positive int, got {k!r}")
+    return int(k)
+
+
 def check_room(
     which: str,
     cache_lengths: np.ndarray,  # int32 [batch]
@@ -304,13 +329,17 @@ def check_draft(
     """Host-side checks of a draft source against the target's vocabulary and the budget."""
     if isinstance(draft, PromptLookupDraft):
         if draft.vocab_size != target_vocab:
-            raise ValueError(f"PromptLookupDraft vocab_size {draft.vocab_size} differs from the target's {target_vocab}")
+            raise ValueError(
+                f"PromptLookupDraft vocab_size {draft.vocab_size} differs from the target's {target_vocab}"
+            )
         return
     if not isinstance(draft, ModelDraft):
         raise ValueError(f"draft must be a ModelDraft or a PromptLookupDraft, got {type(draft).__name__}")
     draft_lengths = np.asarray(draft.cache.lengths).astype(np.int32)
     if draft_lengths.shape != prompt_lengths.shape:
-        raise ValueError(f"the draft cache has batch {draft_lengths.shape} but the prompts have batch {prompt_lengths.shape}")
+        raise ValueError(
+            f"the draft cache has batch {draft_lengths.shape} but the prompts have batch {prompt_lengths.shape}"
+        )
     check_room("draft", draft_lengths, prompt_lengths, limits, k, draft.cache.capacity)
     draft_vocab = validation.infer_vocab_size(draft.model, draft.params, draft.cache)
     if draft_vocab != target_vocab:

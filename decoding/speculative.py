@@ -39,9 +39,18 @@ from flax import struct
 
 from constraints import initial_state, is_complete
 from decoding import sharding, validation
-from decoding.acceptance import Verdict, emitted_tokens, greedy_accept, rejection_accept, sample_rows
+from decoding.acceptance import Verdict, emitted_tokens, greedy_accept, rejection_accept, sample_rows, token_log_probs
 from decoding.constrained import check_constraint
-from decoding.drafts import ModelDraft, PromptLookupDraft, advance_constraint, check_draft, check_room, masked_scores
+from decoding.drafts import (
+    ModelDraft,
+    PromptLookupDraft,
+    advance_constraint,
+    check_draft,
+    check_num_draft_tokens,
+    check_room,
+    masked_scores,
+    states_along,
+)
 from decoding.prefill import DEFAULT_MIN_BUCKET, bucket_length, pad_prompts, prefill
 from decoding.samplers import Greedy
 
@@ -52,7 +61,10 @@ class SpeculativeStats:
 
     accepted: jax.Array  # int32 [batch, width]  drafts kept in each round; -1 where the row sat out
     rounds: jax.Array  # int32 [batch]  verification rounds each row took part in
-    target_calls: jax.Array  # int32 []  target model calls: 1 prefill + one per round
+
+    def target_calls(self) -> jax.Array:  # int32 []
+        """Target model calls of the whole batch: 1 prefill + one per loop round."""
+        return 1 + jnp.max(self.rounds)
 
     def mean_accepted(self) -> jax.Array:  # float32 [batch]
         """Drafts kept per round, averaged over each row's rounds (0 for a row with none)."""
@@ -136,39 +148,39 @@ def _verify(
     return rejection_accept(keys, drafts, draft_log_probs, sampler.log_probs(scores))
 
 
-def _first_token(settings: Settings, scores: jax.Array) -> jax.Array:  # float32 [batch, vocab] -> int32 [batch]
+def _first_token(
+    settings: Settings,
+    scores: jax.Array,  # float32 [batch, vocab]  prefill logits, masked if constrained
+) -> jax.Array:  # int32 [batch]
+    """The first new token: argmax, or a draw from the processed distribution with round-0 keys."""
     if isinstance(settings.sampler, Greedy):
         return jnp.argmax(scores, axis=-1).astype(jnp.int32)
     return sample_rows(_round_keys(settings, jnp.int32(0))[:, 0], settings.sampler.log_probs(scores))
 
 
-def _stops(settings: Settings, constraint: Any, tokens: jax.Array, states: jax.Array) -> jax.Array:
-    """bool [...]: the token is an EOS id, or the constraint state after it is complete."""
+def _stops(
+    settings: Settings,
+    constraint: Any,
+    tokens: jax.Array,  # int32 [...]
+    states: jax.Array,  # int32 [...]  automaton states after the tokens
+) -> jax.Array:  # bool [...]
+    """Whether the token is an EOS id, or the constraint state after it is complete."""
     stop = jnp.any(tokens[..., None] == settings.eos_ids, axis=-1)
     if constraint is not None:
         stop = stop | is_complete(constraint, states)
     return stop
 
 
-def _draft_states(
-    constraint: Any,
-    state: jax.Array,  # int32 [batch]  after the pending token
-    drafts: jax.Array,  # int32 [batch, k]
-) -> jax.Array:  # int32 [batch, k + 1]
-    """``[:, j]``: the automaton state after draft ``d_j`` (``d_0`` = the pending token)."""
-    if constraint is None:
-        return jnp.broadcast_to(state[:, None], (state.shape[0], drafts.shape[1] + 1))
-
-    def step(current, token):
-        following = advance_constraint(constraint, current, token)
-        return following, following
-
-    _, later = jax.lax.scan(step, state, drafts.T)
-    return jnp.concatenate([state[:, None], later.T], axis=1)
-
-
-def _record(book: Book, settings: Settings, emitted, log_probs, num_emitted, stopped, active) -> Book:
-    """Writes each row's ``num_emitted`` tokens (int32 [batch, T]) after its recorded ones."""
+def _record(
+    book: Book,
+    settings: Settings,
+    emitted: jax.Array,  # int32 [batch, T]
+    log_probs: jax.Array,  # float32 [batch, T]
+    num_emitted: jax.Array,  # int32 [batch]  how many of the T to record (0 for inactive rows)
+    stopped: jax.Array,  # bool [batch]  the last recorded token ends the row (EOS, complete)
+    active: jax.Array,  # bool [batch]
+) -> Book:
+    """Writes each row's first ``num_emitted`` tokens after its recorded ones; updates ``done``."""
     batch, width = book.tokens.shape
     slots = jnp.arange(emitted.shape[1])[None, :]
     columns = jnp.where(slots < num_emitted[:, None], book.lengths[:, None] + slots, width)
@@ -182,12 +194,6 @@ def _record(book: Book, settings: Settings, emitted, log_probs, num_emitted, sto
     )
 
 
-def _token_log_probs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
-    """The model's log_softmax at ``tokens``: logits float32 [..., vocab], tokens int32 [...]."""
-    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return jnp.take_along_axis(log_p, tokens[..., None], axis=-1)[..., 0]
-
-
 def _round(target, params, draft, constraint, settings: Settings, k: int, carry: Carry) -> Carry:
     """One draft-verify-accept round for every row (rows already done emit nothing)."""
     book, tgt = carry.book, carry.target
@@ -197,21 +203,23 @@ def _round(target, params, draft, constraint, settings: Settings, k: int, carry:
     draft_state, drafts, draft_log_probs = draft.propose(
         carry.draft, k, settings.sampler, keys[:, 0], constraint, tgt.constraint_state
     )
-    states = _draft_states(constraint, tgt.constraint_state, drafts)  # [batch, k + 1]
+    states = states_along(constraint, tgt.constraint_state, drafts)  # [batch, k + 1]
 
     verify = jnp.concatenate([tgt.pending[:, None], drafts], axis=1)
     start = tgt.cache.lengths
     logits, cache = target(params, verify, tgt.cache, jnp.full((batch,), k + 1, jnp.int32))
     logits = logits.astype(jnp.float32)
     scores = masked_scores(logits, constraint, states)
-    rows, specs = sharding.ROWS, jax.tree.map(lambda x: sharding.ROWS if np.ndim(x) else sharding.REPLICATED, settings.sampler)
-    verdict = sharding.per_device(_verify, in_specs=(specs, rows, rows, rows, rows), out_specs=rows)(
+    rows = sharding.ROWS
+    knobs = jax.tree.map(lambda x: rows if np.ndim(x) else sharding.REPLICATED, settings.sampler)
+    verdict = sharding.per_device(_verify, in_specs=(knobs, rows, rows, rows, rows), out_specs=rows)(
         settings.sampler, keys[:, 1], drafts, draft_log_probs, scores
     )
 
     emitted = emitted_tokens(drafts, verdict)  # [batch, k + 1]
     n = verdict.num_accepted
-    bonus_state = advance_constraint(constraint, jnp.take_along_axis(states, n[:, None], axis=1)[:, 0], verdict.next_token)
+    at_n = jnp.take_along_axis(states, n[:, None], axis=1)[:, 0]
+    bonus_state = advance_constraint(constraint, at_n, verdict.next_token)
     slots = jnp.arange(k + 1)[None, :]
     after = jnp.where(slots < n[:, None], jnp.roll(states, -1, axis=1), bonus_state[:, None])  # state after emitted[j]
     stop = _stops(settings, constraint, emitted, after) & (slots <= n[:, None])
@@ -221,7 +229,7 @@ def _round(target, params, draft, constraint, settings: Settings, k: int, carry:
     last = jnp.maximum(num_emitted - 1, 0)[:, None]
 
     new_book = _record(
-        book, settings, emitted, _token_log_probs(logits, emitted), num_emitted, first_stop < num_emitted, active
+        book, settings, emitted, token_log_probs(logits, emitted), num_emitted, first_stop < num_emitted, active
     )
     return Carry(
         target=TargetState(
@@ -260,7 +268,7 @@ def _speculative(target, k, width, params, cache, prompts, prompt_lengths, draft
         book,
         settings,
         first[:, None],
-        _token_log_probs(first_logits, first)[:, None],
+        token_log_probs(first_logits, first)[:, None],
         active.astype(jnp.int32),
         _stops(settings, constraint, first, cstate),
         active,
@@ -275,18 +283,12 @@ def _speculative(target, k, width, params, cache, prompts, prompt_lengths, draft
         functools.partial(_round, target, params, draft, constraint, settings, k),
         carry,
     )
-    stats = SpeculativeStats(accepted=carry.book.accepted, rounds=carry.book.rounds, target_calls=1 + carry.book.round)
-    return SpeculativeOutput(
-        tokens=carry.book.tokens,
-        lengths=carry.book.lengths,
-        log_probs=carry.book.log_probs,
-        cache=carry.target.cache,
-        stats=stats,
-    )
+    book = carry.book
+    stats = SpeculativeStats(accepted=book.accepted, rounds=book.rounds)
+    return SpeculativeOutput(book.tokens, book.lengths, book.log_probs, carry.target.cache, stats)
 
 
-_STATIC = ("target", "k", "width")
-_speculative_jit = jax.jit(_speculative, static_argnames=_STATIC, donate_argnames=("cache",))
+_speculative_jit = jax.jit(_speculative, static_argnames=("target", "k", "width"), donate_argnames=("cache",))
 
 
 def _run_sharded(mesh, target, k, width, args):
@@ -302,22 +304,10 @@ def _run_sharded(mesh, target, k, width, args):
         rows,  # prompt_lengths
         draft.shardings(rows, replicated, lambda tree: sharding.param_shardings(tree, mesh)),
         replicated,  # constraint
-        Settings(
-            sampler=sharding.row_shardings(settings.sampler, mesh),
-            row_keys=rows,
-            limits=rows,
-            eos_ids=replicated,
-            pad_id=replicated,
-        ),
+        Settings(sharding.row_shardings(settings.sampler, mesh), rows, rows, replicated, replicated),
     )
-    out_shardings = SpeculativeOutput(
-        tokens=rows,
-        lengths=rows,
-        log_probs=rows,
-        cache=rows,
-        stats=SpeculativeStats(accepted=rows, rounds=rows, target_calls=replicated),
-    )
-    return sharding.run_on_mesh(_speculative, (target, k, width), args, mesh, in_shardings, out_shardings, (1,))
+    # Every output leaf is batch-leading.
+    return sharding.run_on_mesh(_speculative, (target, k, width), args, mesh, in_shardings, rows, (1,))
 
 
 def speculative_generate(
@@ -373,9 +363,7 @@ def speculative_generate(
       ValueError (before tracing) on malformed prompts, ids outside the vocabulary, caches
       too small, a draft whose vocabulary differs, a bad ``num_draft_tokens``, a missing key.
     """
-    if not isinstance(num_draft_tokens, (int, np.integer)) or isinstance(num_draft_tokens, bool) or num_draft_tokens < 1:
-        raise ValueError(f"num_draft_tokens must be a positive int, got {num_draft_tokens!r}")
-    k = int(num_draft_tokens)
+    k = check_num_draft_tokens(num_draft_tokens)
     prompts_np, lengths_np = validation.check_prompts(prompts, prompt_lengths)
     batch = prompts_np.shape[0]
     limits, width = validation.check_new_tokens(max_new_tokens, width, batch)
@@ -401,15 +389,8 @@ def speculative_generate(
         eos_ids=jnp.asarray(eos_ids, jnp.int32).reshape(len(eos_ids)),
         pad_id=jnp.asarray(pad_id, jnp.int32),
     )
-    args = (
-        target_params,
-        target_cache,
-        jnp.asarray(pad_prompts(prompts_np, lengths_np, bucket)),
-        jnp.asarray(lengths_np),
-        draft,
-        constraint,
-        settings,
-    )
+    padded = jnp.asarray(pad_prompts(prompts_np, lengths_np, bucket))
+    args = (target_params, target_cache, padded, jnp.asarray(lengths_np), draft, constraint, settings)
     if mesh is None:
         return _speculative_jit(target, k, width, *args)
     return _run_sharded(mesh, target, k, width, args)

@@ -136,7 +136,7 @@ def test_prompt_lookup_on_a_periodic_target_accepts_every_draft():
     assert np.asarray(out.tokens)[0].tolist() == [2, 3, 4, 1] * 3 + [2]
     accepted = np.asarray(out.stats.accepted)[0]
     assert accepted[accepted >= 0].tolist() == [3, 3, 3]  # 1 + 3 * (k + 1) = 13 tokens
-    assert int(out.stats.target_calls) == 4
+    assert int(out.stats.target_calls()) == 4
     assert float(out.stats.tokens_per_call(out.lengths)[0]) == pytest.approx(13 / 4)
     assert float(out.stats.mean_accepted()[0]) == pytest.approx(3.0)
 
