@@ -42,7 +42,7 @@ from decoding.beam_helpers import (
     top_beams,
     unflatten_beams,
 )
-from decoding.cache_rows import gather_rows, repeat_rows
+from decoding.cache_rows import gather_rows
 from decoding.generate import Bookkeeping, DecodeSettings, GenerateOutput, ModelState, record
 from decoding.prefill import DEFAULT_MIN_BUCKET, bucket_length, pad_prompts, prefill
 from decoding.samplers import Greedy
@@ -82,6 +82,24 @@ def mask_log_probs(
     return jnp.where(allowed_mask(index, states), log_probs, NEG_INF)
 
 
+def _pad_candidates(
+    scores: jax.Array,  # float32 [batch, beams, K]
+    tokens: jax.Array,  # int32 [batch, beams, K]
+    states: jax.Array,  # int32 [batch, beams, K]
+    at_least: int,
+) -> tuple[jax.Array, jax.Array, jax.Array]:  # the same, [batch, beams, K'] with beams * K' >= at_least
+    """Pads the candidate axis with -inf slots (token 0, DEAD_STATE) so top-k can take ``at_least``."""
+    missing = -(-at_least // scores.shape[1]) - scores.shape[2]
+    if missing <= 0:
+        return scores, tokens, states
+    pad = ((0, 0), (0, 0), (0, missing))
+    return (
+        jnp.pad(scores, pad, constant_values=NEG_INF),
+        jnp.pad(tokens, pad),
+        jnp.pad(states, pad, constant_values=DEAD_STATE),
+    )
+
+
 def sparse_beam_search(
     model: Any,
     params: Any,
@@ -97,32 +115,31 @@ def sparse_beam_search(
     ``num_beams`` static, the rest traced).
 
     ``index.depth`` steps unrolled in Python (``K = index.max_branching[d]`` differs per
-    depth); each ranks ``beams x K`` candidates by summed model log-prob. Returns the final
+    depth); each ranks ``beams x K`` candidates by summed model log-prob (depth 0: the root's
+    ``K`` only, and the prefilled cache rows are repeated by the first gather). Returns the final
     beams as a dict of ``tokens`` int32 [batch, beams, depth], ``lengths``, ``log_probs`` and
     ``scores`` (``log_probs / depth ** alpha``, -inf unless a complete item), each [batch, beams].
     """
     batch = prompts.shape[0]
     first_logits, cache = prefill(model, params, cache, prompts, prompt_lengths)
-    cache = repeat_rows(cache, num_beams)
-    log_probs = jnp.broadcast_to(
-        jax.nn.log_softmax(first_logits, axis=-1)[:, None, :], (batch, num_beams, first_logits.shape[-1])
-    )
-    live = jnp.full((batch, num_beams), -jnp.inf, jnp.float32).at[:, 0].set(0.0)
-    states = initial_state(index, (batch, num_beams))
-    tokens = jnp.full((batch, num_beams, index.depth), pad_id, jnp.int32)
+    # Depth 0 starts from one beam per row (the root): K_0 candidates, not beams x K_0.
+    log_probs = jax.nn.log_softmax(first_logits, axis=-1)[:, None, :]
+    live = jnp.zeros((batch, 1), jnp.float32)
+    states = initial_state(index, (batch, 1))
+    tokens = jnp.full((batch, 1, index.depth), pad_id, jnp.int32)
     for depth in range(index.depth):
         if depth > 0:
             step_tokens = flatten_beams(tokens[:, :, depth - 1])[:, None]
             logits, cache = model(params, step_tokens, cache, jnp.ones((batch * num_beams,), jnp.int32))
             log_probs = unflatten_beams(jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), axis=-1), num_beams)
-        scores, cand_tokens, cand_states = sparse_candidates(index, states, log_probs, depth)
+        scores, cand_tokens, cand_states = _pad_candidates(*sparse_candidates(index, states, log_probs, depth), num_beams)
         scores = live[..., None] + scores
         parent, column = top_beams(scores, num_beams)
         live = take_candidates(scores, parent, column)
         states = take_candidates(cand_states, parent, column)
         tokens = gather_beams(tokens, parent).at[:, :, depth].set(take_candidates(cand_tokens, parent, column))
         if depth + 1 < index.depth:
-            cache = gather_rows(cache, parent_rows(parent, num_beams))
+            cache = gather_rows(cache, parent_rows(parent, 1 if depth == 0 else num_beams))
     lengths = jnp.full((batch, num_beams), index.depth, jnp.int32)
     complete = jnp.isfinite(live) & is_complete(index, states)
     return {
