@@ -15,7 +15,7 @@ for fixed-length indexes.
 **What masked sampling samples from.** At each step it samples from the model's next-token
 distribution restricted to the allowed tokens and renormalized *per step*. That is NOT the
 model's distribution over whole sequences conditioned on the sequence being in the set: a
-prefix the model likes but whose continuations it dislikes is over-sampled, because each step
+prefix the model likes but whose allowed continuations it dislikes is over-sampled, because each step
 renormalizes without looking ahead. Constrained beam search ranks by the model's exact
 (unrenormalized) sequence log-probability instead.
 """

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from decoding.beam_search import beam_search
+from decoding.beam_search import beam_search, compiled_variants
 from fake_models import BigramModel, HistoryModel, TokenCache, counting_params, random_params
 
 CAPACITY = 32
@@ -185,6 +185,18 @@ def test_length_penalty_by_hand():
     assert_matches(out, 0, [(raw_short, raw_short, short), (raw_long, raw_long, long)], width=3, pad_id=9)
     assert_matches(out, 1, [(raw_long / 3, raw_long, long), (raw_short, raw_short, short)], width=3, pad_id=9)
     np.testing.assert_array_equal(out.sequences[0], [[3, 9, 9], [1, 2, 3]])
+
+
+def test_traced_knobs_do_not_recompile():
+    """New prompt lengths (same bucket), length penalty, pad_id and EOS values reuse one program."""
+    params = counting_params(6)
+    run(BigramModel(), params, [[1]], [1], num_beams=2, max_new_tokens=3, eos_ids=(4,), length_penalty=0.0)
+    before = compiled_variants()
+    for prompt, eos, alpha, pad in (([1, 2, 3], 5, 1.0, 7), ([0, 4], 1, -0.5, 0), ([5] * 9, 0, 2.0, 3)):
+        out = run(BigramModel(), params, [prompt], [len(prompt)], num_beams=2, max_new_tokens=3, eos_ids=(eos,),
+                  length_penalty=alpha, pad_id=pad)
+        assert int(out.sequences[0, 0, 0]) == (prompt[-1] + 1) % 6
+    assert compiled_variants() == before
 
 
 @pytest.mark.parametrize(
