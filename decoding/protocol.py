@@ -17,7 +17,9 @@ The cache contract:
   new tokens are derived from it. Entries at or beyond a row's length are stale: they are
   masked by attention, never read. Decoding rolls a row back (speculative rejection) simply
   by lowering its length with ``cache.replace(lengths=...)``.
-* ``cache.capacity``: a Python int, the fixed number of positions per row.
+* ``cache.capacity``: a Python int, the fixed number of positions per row. Writes that would
+  land at or past the capacity (padding columns of a ragged call) are dropped, never clamped
+  onto valid entries.
 * Every array leaf of the cache has the batch as its leading axis. Decoding relies on this to
   reorder rows by parent beam, repeat rows for beams, and shard rows across devices without
   knowing the model (see :mod:`decoding.cache_rows`).
