@@ -1,6 +1,6 @@
 """Draft sources for speculative decoding, behind one small interface (:class:`DraftSource`).
 
-A draft source is a pytree (its arrays traced, its configuration static) with three methods:
+A draft source is a pytree (its arrays traced, its configuration static) with these methods:
 
 * ``start(prompts, prompt_lengths, first_tokens, context_width)`` -> its state, after the
   prompt and the first emitted token;
@@ -9,7 +9,8 @@ A draft source is a pytree (its arrays traced, its configuration static) with th
   [batch, k, vocab] (log-probabilities, processed like the target's: ``sampler.log_probs``
   after the constraint mask) the tokens were drawn from;
 * ``commit(state, emitted, num_emitted)`` -> the state after each row emitted
-  ``emitted[b, :num_emitted[b]]`` (0 for rows that are done: they keep their state).
+  ``emitted[b, :num_emitted[b]]`` (0 for rows that are done: they keep their state);
+* ``shardings(rows, replicated, params)`` -> where its arrays go in a sharded run.
 
 Two sources:
 
@@ -29,10 +30,11 @@ import numpy as np
 from flax import struct
 
 from constraints import advance, allowed_mask
-from decoding.acceptance import NEG_INF, sample_rows
 from decoding import validation
+from decoding.acceptance import NEG_INF, sample_rows
 from decoding.cache_rows import set_lengths
 from decoding.prefill import last_valid
+from decoding.samplers import Greedy
 
 
 def masked_scores(
@@ -142,20 +144,38 @@ class ModelDraft:
     params: Any
     cache: Any
 
-    def start(self, prompts, prompt_lengths, first_tokens, context_width) -> ModelDraftState:
+    def start(
+        self,
+        prompts: jax.Array,  # int32 [batch, P], right-padded
+        prompt_lengths: jax.Array,  # int32 [batch]
+        first_tokens: jax.Array,  # int32 [batch]
+        context_width: int,
+    ) -> ModelDraftState:
         """Prefills the draft cache with the prompts; the first token stays pending."""
         del context_width
         _, cache = self.model(self.params, prompts, self.cache, prompt_lengths.astype(jnp.int32))
         pending = jnp.stack([first_tokens, jnp.zeros_like(first_tokens)], axis=1).astype(jnp.int32)
         return ModelDraftState(cache=cache, pending=pending, num_pending=jnp.ones_like(first_tokens, jnp.int32))
 
-    def propose(self, state, num_tokens, sampler, keys, constraint, constraint_state):
+    def propose(
+        self,
+        state: ModelDraftState,
+        num_tokens: int,
+        sampler: Any,
+        keys: jax.Array,  # key [batch]
+        constraint: Any,
+        constraint_state: jax.Array,  # int32 [batch]
+    ) -> tuple[ModelDraftState, jax.Array, jax.Array]:  # state, int32 [batch, k], float32 [batch, k, vocab]
         """``num_tokens`` (static) autoregressive draft steps: the first feeds the pending tokens,
         each later one the previous draft. Draft ``j`` is drawn with ``fold_in(keys[b], j)``."""
 
         def draw(logits, cstate, j):
-            log_q = sampler.log_probs(masked_scores(logits, constraint, cstate))
-            token = sample_rows(jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, j), log_q)
+            scores = masked_scores(logits, constraint, cstate)
+            log_q = sampler.log_probs(scores)
+            if isinstance(sampler, Greedy):  # no random numbers to draw
+                token = jnp.argmax(scores, axis=-1).astype(jnp.int32)
+            else:
+                token = sample_rows(jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, j), log_q)
             return token, log_q, advance_constraint(constraint, cstate, token)
 
         logits, cache = self.model(self.params, state.pending, state.cache, state.num_pending)
@@ -175,7 +195,12 @@ class ModelDraft:
         log_q = jnp.concatenate([log_q[:, None], jnp.moveaxis(later_log_q, 0, 1)], axis=1)
         return state.replace(cache=cache), tokens, log_q
 
-    def commit(self, state, emitted, num_emitted) -> ModelDraftState:
+    def commit(
+        self,
+        state: ModelDraftState,
+        emitted: jax.Array,  # int32 [batch, k + 1]
+        num_emitted: jax.Array,  # int32 [batch]
+    ) -> ModelDraftState:
         """Rolls the draft cache back to the accepted context.
 
         During ``propose`` the draft read its pending tokens and drafts ``d_1 .. d_{k-1}``. With
@@ -242,7 +267,13 @@ class PromptLookupDraft:
         if self.vocab_size < 1:
             raise ValueError(f"vocab_size must be at least 1, got {self.vocab_size}")
 
-    def start(self, prompts, prompt_lengths, first_tokens, context_width) -> LookupState:
+    def start(
+        self,
+        prompts: jax.Array,  # int32 [batch, P], right-padded
+        prompt_lengths: jax.Array,  # int32 [batch]
+        first_tokens: jax.Array,  # int32 [batch]
+        context_width: int,
+    ) -> LookupState:
         """The context buffer (``context_width`` static columns) holding prompt + first token."""
         batch, width = prompts.shape
         if context_width < width + 1:
@@ -273,14 +304,27 @@ class PromptLookupDraft:
         last = jnp.take_along_axis(state.context, (state.length - 1)[:, None], axis=1)
         return jnp.where(found[:, None], copied, last).astype(jnp.int32)
 
-    def propose(self, state, num_tokens, sampler, keys, constraint, constraint_state):
+    def propose(
+        self,
+        state: LookupState,
+        num_tokens: int,
+        sampler: Any,
+        keys: jax.Array,  # key [batch]
+        constraint: Any,
+        constraint_state: jax.Array,  # int32 [batch]
+    ) -> tuple[LookupState, jax.Array, jax.Array]:  # state, int32 [batch, k], float32 [batch, k, vocab]
         """Deterministic proposals with one-hot ``q``; the sampler, keys and constraint are unused."""
         del sampler, keys, constraint, constraint_state
         tokens = self.lookup(state, num_tokens)
         log_q = jnp.where(jax.nn.one_hot(tokens, self.vocab_size, dtype=bool), 0.0, NEG_INF)
         return state, tokens, log_q
 
-    def commit(self, state, emitted, num_emitted) -> LookupState:
+    def commit(
+        self,
+        state: LookupState,
+        emitted: jax.Array,  # int32 [batch, k + 1]
+        num_emitted: jax.Array,  # int32 [batch]
+    ) -> LookupState:
         """Appends each row's ``num_emitted`` tokens to its context."""
         batch, width = state.context.shape
         slots = jnp.arange(emitted.shape[1])[None, :]
