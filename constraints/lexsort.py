@@ -17,10 +17,11 @@ _KEY_BITS = 64
 
 def _pack(columns: np.ndarray, bits: int) -> np.ndarray:
     """Packs uint [rows, k] tokens of ``bits`` bits each into uint64 [rows], first token highest."""
-    key = np.zeros(columns.shape[0], dtype=np.uint64)
+    key = columns[:, 0].astype(np.uint64)
     shift = np.uint64(bits)
-    for j in range(columns.shape[1]):
-        key = (key << shift) | columns[:, j].astype(np.uint64)
+    for j in range(1, columns.shape[1]):
+        key <<= shift
+        np.bitwise_or(key, columns[:, j], out=key, dtype=np.uint64, casting="unsafe")  # tokens are >= 0
     return key
 
 
@@ -55,11 +56,11 @@ def sorted_unique_rows(rows: np.ndarray, vocab_size: int) -> np.ndarray:
     for lo in range(first, length, later):
         if starts.all():
             break
-        chunk = rows[order, lo : lo + later]
+        chunk = np.take(rows[:, lo : lo + later], order, axis=0)
         rank = np.cumsum(starts, dtype=np.uint64) - np.uint64(1)
         key = (rank << np.uint64(bits * chunk.shape[1])) | _pack(chunk, bits)
         refine = np.argsort(key)
         order = order[refine]
         key = key[refine]
         starts = _new_group(key)
-    return rows[order[starts]]
+    return np.take(rows, order[starts], axis=0)
