@@ -193,6 +193,8 @@ def prepare_inputs(
             eos_ids = (constraint.eos_id,)
     if max_new_tokens is None:
         raise ValueError("max_new_tokens is required without a constraint")
+    if not isinstance(max_new_tokens, (int, np.integer)) or isinstance(max_new_tokens, bool):
+        raise ValueError(f"max_new_tokens must be an int (the static output width), got {type(max_new_tokens).__name__}")
     limits, width = validation.check_new_tokens(max_new_tokens, None, prompts_np.shape[0])
     cache_lengths = np.asarray(cache.lengths).astype(np.int32)
     validation.check_capacity(cache_lengths, lengths_np, limits, cache.capacity)

@@ -204,6 +204,7 @@ def test_traced_knobs_do_not_recompile():
     [
         (dict(num_beams=0, max_new_tokens=2), "num_beams"),
         (dict(num_beams=2), "max_new_tokens is required"),
+        (dict(num_beams=2, max_new_tokens=np.array([2])), "max_new_tokens must be an int"),
         (dict(num_beams=2, max_new_tokens=2, eos_ids=4), "tuple"),
         (dict(num_beams=2, max_new_tokens=2, eos_ids=(4, 4)), "distinct"),
         (dict(num_beams=2, max_new_tokens=2, eos_ids=(6,)), "outside the vocabulary"),
