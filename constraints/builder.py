@@ -37,7 +37,7 @@ def _no_progress(stage: str, done: int, total: int) -> None:
     del stage, done, total
 
 
-def _first_difference(rows: np.ndarray) -> np.ndarray:
+def _first_difference(rows: np.ndarray) -> np.ndarray:  # uint [num_rows, depth] -> int [num_rows - 1]
     """int [num_rows - 1]: the first column where sorted distinct row i+1 differs from row i."""
     dtype = np.int16 if rows.shape[1] <= np.iinfo(np.int16).max else np.int32
     return np.argmax(rows[1:] != rows[:-1], axis=1).astype(dtype)
@@ -74,7 +74,10 @@ def _csr_levels(
     return np.concatenate(indptr_parts), np.concatenate(token_parts), tuple(level_sizes)
 
 
-def _max_branching(indptr: np.ndarray, level_sizes: tuple[int, ...]) -> tuple[int, ...]:
+def _max_branching(
+    indptr: np.ndarray,  # int32 [num_rows + 1]
+    level_sizes: tuple[int, ...],
+) -> tuple[int, ...]:
     """The widest row of each level with edges (levels 0 .. depth-1)."""
     widths = np.diff(indptr)
     out, offset = [], 0
@@ -85,8 +88,8 @@ def _max_branching(indptr: np.ndarray, level_sizes: tuple[int, ...]) -> tuple[in
 
 
 def _build(
-    rows: np.ndarray,
-    lengths: np.ndarray | None,
+    rows: np.ndarray,  # uint | int32 [num_rows, depth], validated (variable length: EOS padded)
+    lengths: np.ndarray | None,  # int64 [num_rows] for variable length, else None
     vocab_size: int,
     eos_id: int | None,
     dense_budget_bytes: int | None,

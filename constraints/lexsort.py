@@ -15,7 +15,10 @@ import numpy as np
 _KEY_BITS = 64
 
 
-def _pack(columns: np.ndarray, bits: int) -> np.ndarray:
+def _pack(
+    columns: np.ndarray,  # uint | int32 [rows, k], tokens >= 0
+    bits: int,
+) -> np.ndarray:  # uint64 [rows]
     """Packs uint [rows, k] tokens of ``bits`` bits each into uint64 [rows], first token highest."""
     key = columns[:, 0].astype(np.uint64)
     shift = np.uint64(bits)
@@ -25,7 +28,7 @@ def _pack(columns: np.ndarray, bits: int) -> np.ndarray:
     return key
 
 
-def _new_group(sorted_keys: np.ndarray) -> np.ndarray:
+def _new_group(sorted_keys: np.ndarray) -> np.ndarray:  # uint64 [rows] -> bool [rows]
     """bool [rows]: True where a sorted key differs from the one before (and at row 0)."""
     starts = np.empty(sorted_keys.shape[0], dtype=bool)
     starts[:1] = True
@@ -33,7 +36,10 @@ def _new_group(sorted_keys: np.ndarray) -> np.ndarray:
     return starts
 
 
-def sorted_unique_rows(rows: np.ndarray, vocab_size: int) -> np.ndarray:
+def sorted_unique_rows(
+    rows: np.ndarray,  # uint | int32 [num_rows, length]
+    vocab_size: int,
+) -> np.ndarray:  # the same dtype [num_distinct, length]
     """The distinct rows of ``rows`` in lexicographic order.
 
     Args:

@@ -30,7 +30,10 @@ def initial_state(index: TrieIndex, shape: int | Sequence[int]) -> jax.Array:
     return jnp.zeros(shape, dtype=jnp.int32)
 
 
-def _row_bounds(index: TrieIndex, state: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _row_bounds(
+    index: TrieIndex,
+    state: jax.Array,  # int32 [...]
+) -> tuple[jax.Array, jax.Array]:  # int32 [...], int32 [...]
     """First and one-past-last edge of each state's row: int32 [...] each.
 
     Dead states (-1) and states past the last row (the deepest level) get an empty row.
@@ -41,12 +44,19 @@ def _row_bounds(index: TrieIndex, state: jax.Array) -> tuple[jax.Array, jax.Arra
     return start, end
 
 
-def _edge_tokens(index: TrieIndex, edge: jax.Array) -> jax.Array:
+def _edge_tokens(
+    index: TrieIndex,
+    edge: jax.Array,  # int32 [...]
+) -> jax.Array:  # int32 [...]
     """int32 tokens of edges ``edge`` (int32 [...]), clamped into range (callers mask)."""
     return index.tokens[jnp.clip(edge, 0, index.num_edges - 1)].astype(jnp.int32)
 
 
-def candidates(index: TrieIndex, state: jax.Array, depth: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+def candidates(
+    index: TrieIndex,
+    state: jax.Array,  # int32 [...]
+    depth: int,
+) -> tuple[jax.Array, jax.Array, jax.Array]:  # int32 [..., K], int32 [..., K], bool [..., K]
     """The allowed next tokens of states that are ``depth`` tokens deep.
 
     Args:
@@ -71,7 +81,11 @@ def candidates(index: TrieIndex, state: jax.Array, depth: int) -> tuple[jax.Arra
     return tokens, next_state, valid
 
 
-def _sparse_mask(index: TrieIndex, state: jax.Array, width: int) -> jax.Array:
+def _sparse_mask(
+    index: TrieIndex,
+    state: jax.Array,  # int32 [...]
+    width: int,
+) -> jax.Array:  # bool [..., vocab]
     """bool [..., vocab] from the first ``width`` edges of each row (a scatter)."""
     vocab = index.vocab_size
     start, end = _row_bounds(index, state)
@@ -82,7 +96,10 @@ def _sparse_mask(index: TrieIndex, state: jax.Array, width: int) -> jax.Array:
     return mask[:, :vocab].reshape(state.shape + (vocab,))
 
 
-def _dense_mask(index: TrieIndex, state: jax.Array) -> jax.Array:
+def _dense_mask(
+    index: TrieIndex,
+    state: jax.Array,  # int32 [...]
+) -> jax.Array:  # bool [..., vocab]
     """bool [..., vocab] unpacked from the dense bitmap rows (states clamped into the table)."""
     words = index.dense_bits[jnp.clip(state, 0, index.num_dense_states - 1)]
     shifts = jnp.arange(BITS_PER_WORD, dtype=jnp.uint32)
@@ -90,10 +107,14 @@ def _dense_mask(index: TrieIndex, state: jax.Array) -> jax.Array:
     return bits.reshape(state.shape + (-1,))[..., : index.vocab_size].astype(bool)
 
 
-def allowed_mask(index: TrieIndex, state: jax.Array) -> jax.Array:
+def allowed_mask(
+    index: TrieIndex,
+    state: jax.Array,  # int32 [...]
+) -> jax.Array:  # bool [..., vocab]
     """Which tokens each state allows: bool [..., vocab] for state int32 [...].
 
-    All False for dead and complete states. States at dense levels read their bitmap row;
+    ``state`` and the index's arrays are traced; the index's metadata is static. All False for
+    dead and complete states. States at dense levels read their bitmap row;
     the others scatter their (at most ``index.sparse_branching()``) edge tokens.
     """
     state = jnp.asarray(state, jnp.int32)
@@ -107,7 +128,12 @@ def allowed_mask(index: TrieIndex, state: jax.Array) -> jax.Array:
     return mask
 
 
-def _sparse_advance(index: TrieIndex, state: jax.Array, token: jax.Array, width: int) -> jax.Array:
+def _sparse_advance(
+    index: TrieIndex,
+    state: jax.Array,  # int32 [...]
+    token: jax.Array,  # int32 [...], in the vocabulary
+    width: int,
+) -> jax.Array:  # int32 [...]
     """Binary search for ``token`` in each sorted row of at most ``width`` edges."""
     start, end = _row_bounds(index, state)
     lo, hi = start, end
@@ -121,7 +147,11 @@ def _sparse_advance(index: TrieIndex, state: jax.Array, token: jax.Array, width:
     return jnp.where(found, lo + 1, DEAD_STATE)
 
 
-def _dense_advance(index: TrieIndex, state: jax.Array, token: jax.Array) -> jax.Array:
+def _dense_advance(
+    index: TrieIndex,
+    state: jax.Array,  # int32 [...]
+    token: jax.Array,  # int32 [...], in the vocabulary
+) -> jax.Array:  # int32 [...]
     """Rank query in the dense bitmap row: child edge = first edge + set bits below ``token``."""
     row = jnp.clip(state, 0, index.num_dense_states - 1)
     word_index = token // BITS_PER_WORD
@@ -133,7 +163,11 @@ def _dense_advance(index: TrieIndex, state: jax.Array, token: jax.Array) -> jax.
     return jnp.where(present, edge + 1, DEAD_STATE)
 
 
-def advance(index: TrieIndex, state: jax.Array, token: jax.Array) -> jax.Array:
+def advance(
+    index: TrieIndex,
+    state: jax.Array,  # int32 [...]
+    token: jax.Array,  # int [...], broadcastable with state
+) -> jax.Array:  # int32 [...]
     """The state reached from ``state`` by ``token``; ``DEAD_STATE`` if no item allows it.
 
     Args:
@@ -158,8 +192,11 @@ def advance(index: TrieIndex, state: jax.Array, token: jax.Array) -> jax.Array:
     return jnp.where((state >= 0) & in_vocab, next_state, DEAD_STATE)
 
 
-def is_complete(index: TrieIndex, state: jax.Array) -> jax.Array:
-    """bool [...]: ``state`` (int32 [...]) is a leaf, i.e. a whole item has been emitted.
+def is_complete(
+    index: TrieIndex,
+    state: jax.Array,  # int32 [...]
+) -> jax.Array:  # bool [...]
+    """bool [...]: ``state`` (int32 [...], traced) is a leaf, i.e. a whole item has been emitted.
 
     For a variable-length index the leaves are exactly the states right after an EOS.
     """

@@ -28,8 +28,8 @@ def _is_integer_dtype(dtype: np.dtype) -> bool:
     return dtype.kind in "iu"
 
 
-def _first_bad_row(bad: np.ndarray) -> int:
-    """The index of the first True of a bool [rows] array."""
+def _first_bad_row(bad: np.ndarray) -> int:  # bool [rows]
+    """The index of the first True of ``bad``."""
     return int(np.flatnonzero(bad)[0])
 
 

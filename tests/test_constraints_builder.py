@@ -12,6 +12,7 @@ from constraints import (
     DEAD_STATE,
     TrieIndex,
     advance,
+    allowed_mask,
     build_fixed_length_index,
     build_variable_length_index,
     candidates,
@@ -46,9 +47,15 @@ def test_worked_example():
     np.testing.assert_array_equal(index.indptr, [0, 2, 4, 5])
     np.testing.assert_array_equal(index.tokens, [1, 4, 2, 3, 0])
     assert index.max_branching == (2, 2) and index.eos_id is None and index.fixed_length
+    # Replays the example in constraints/ops.py.
     state = initial_state(index, (2,))
+    toks, nxt, valid = candidates(index, state, 0)
+    np.testing.assert_array_equal(toks, [[1, 4], [1, 4]])
+    np.testing.assert_array_equal(nxt, [[1, 2], [1, 2]])
+    assert np.asarray(valid).all()
     state = advance(index, state, jnp.array([1, 2]))
     np.testing.assert_array_equal(state, [1, DEAD_STATE])
+    np.testing.assert_array_equal(allowed_mask(index, state), [[False, False, True, True, False], [False] * 5])
     state = advance(index, state, jnp.array([3, 3]))
     np.testing.assert_array_equal(state, [4, DEAD_STATE])
     np.testing.assert_array_equal(is_complete(index, state), [True, False])
