@@ -4,7 +4,7 @@ Rules every bench follows (see DESIGN.md, "Tests and benchmarks"):
 
 * compile time is measured apart, with ``jitted.lower(...).compile()`` (:func:`compile_timed`),
   or, for entry points that cannot be lowered from outside, as the first call's excess over a
-  warm call (:func:`measure_calls`);
+  warm call (:func:`measure_calls`, :func:`measure_interleaved`);
 * warm-up calls are excluded from the reported run times (:func:`time_runs`);
 * every ratio is taken between two measurements of one run, in one harness.
 
@@ -104,18 +104,34 @@ def measure_calls(fn: Callable[..., Any], make_args: Callable[[], tuple], repeat
 
     For public entry points that validate on the host and jit internally (so they cannot be
     lowered from outside) and that donate inputs: ``make_args`` builds fresh arguments for every
-    call, all before the timed region. ``output`` is the last call's result.
+    call, outside the timed region. ``output`` is the last call's result.
+    """
+    return measure_interleaved({"case": (fn, make_args)}, repeats)["case"]
+
+
+def measure_interleaved(cases: dict[str, tuple[Callable[..., Any], Callable[[], tuple]]], repeats: int = 3) -> dict[str, Measured]:
+    """:func:`measure_calls` for several cases at once, with their warm calls interleaved
+    (round-robin), so a slow drift in machine load hits every case alike and their ratios stay
+    fair. ``cases`` maps a name to ``(fn, make_args)``; first calls all run before any warm call.
     """
     if repeats < 1:
         raise ValueError(f"need repeats >= 1, got {repeats}")
-    arguments = [make_args() for _ in range(repeats + 1)]
-    jax.block_until_ready(arguments)
-    seconds = []
-    for args in arguments:
+
+    def timed(name: str) -> tuple[float, Any]:
+        fn, make_args = cases[name]
+        args = jax.block_until_ready(make_args())
         start = time.perf_counter()
         output = jax.block_until_ready(fn(*args))
-        seconds.append(time.perf_counter() - start)
-    return Measured(first_s=seconds[0], runs=RunTimes(tuple(seconds[1:])), output=output)
+        return time.perf_counter() - start, output
+
+    first = {name: timed(name)[0] for name in cases}
+    seconds: dict[str, list[float]] = {name: [] for name in cases}
+    outputs: dict[str, Any] = {}
+    for _ in range(repeats):
+        for name in cases:
+            elapsed, outputs[name] = timed(name)
+            seconds[name].append(elapsed)
+    return {name: Measured(first[name], RunTimes(tuple(seconds[name])), outputs[name]) for name in cases}
 
 
 def environment() -> dict[str, Any]:

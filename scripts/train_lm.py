@@ -164,13 +164,19 @@ def make_optimizer(settings: TrainSettings) -> optax.GradientTransformation:
 
 
 def next_byte_loss(config: Any, params: Any, windows: jax.Array) -> jax.Array:
-    """Mean next-byte cross entropy (nats) of windows int32 [batch, S + 1], via the no-cache forward."""
+    """Mean next-byte cross entropy (nats) of windows int32 [batch, S + 1], via the no-cache forward.
+
+    ``config`` (a hashable ``LlamaConfig``) is static under jit; ``params`` and ``windows`` are traced.
+    """
     logits = forward(config, params, windows[:, :-1])  # float32 [batch, S, vocab]
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), windows[:, 1:]).mean()
 
 
 def make_train_step(config: Any, optimizer: optax.GradientTransformation):
-    """A jitted ``(state, windows int32 [batch, S + 1]) -> (state, loss float32 [])``; donates ``state``."""
+    """A jitted ``(state, windows int32 [batch, S + 1]) -> (state, loss float32 [])``; donates ``state``.
+
+    ``config`` and ``optimizer`` are closed over (a new pair compiles anew); state and windows are traced.
+    """
 
     def train_step(state: TrainState, windows: jax.Array) -> tuple[TrainState, jax.Array]:
         loss, grads = jax.value_and_grad(lambda p: next_byte_loss(config, p, windows))(state.params)
@@ -181,6 +187,9 @@ def make_train_step(config: Any, optimizer: optax.GradientTransformation):
     return jax.jit(train_step, donate_argnames="state")
 
 
+_eval_loss = jax.jit(next_byte_loss, static_argnums=0)
+
+
 def evaluate(config: Any, params: Any, data: np.ndarray, settings: TrainSettings) -> float:
     """Mean next-byte loss over ``eval_batches`` fixed, evenly spaced windows of ``data`` (uint8 [n])."""
     count = settings.eval_batches * settings.batch
@@ -188,8 +197,7 @@ def evaluate(config: Any, params: Any, data: np.ndarray, settings: TrainSettings
         raise ValueError(f"evaluation data has {data.shape[0]} bytes, need at least {settings.seq_len + 2}")
     starts = np.linspace(0, data.shape[0] - settings.seq_len - 1, count).astype(np.int64)
     windows = data[starts[:, None] + np.arange(settings.seq_len + 1)[None, :]].astype(np.int32)
-    loss = jax.jit(next_byte_loss, static_argnums=0)
-    per_batch = [float(loss(config, params, w)) for w in np.split(windows, settings.eval_batches)]
+    per_batch = [float(_eval_loss(config, params, w)) for w in np.split(windows, settings.eval_batches)]
     return float(np.mean(per_batch))
 
 
@@ -214,6 +222,8 @@ def _check_settings(out_dir: str, settings: TrainSettings) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
+    """What :func:`train` returns (``metadata`` is also written to ``metadata.json``)."""
+
     params: Any  # pytree of float arrays
     start_step: int  # 0 for a fresh run, else the checkpoint step it resumed from
     losses: tuple[float, ...]  # training loss of each step this run took
