@@ -63,8 +63,9 @@ class TrieIndex:
     The arrays are traced leaves. Every other field is static metadata: a different value
     (another index) compiles a new program, as its array shapes would anyway.
 
-    Shapes (``num_rows`` = states of levels ``0 .. depth-1``, ``num_edges`` = states - 1,
-    ``num_dense_states`` = states of levels ``0 .. dense_levels-1``, ``words`` = ceil(vocab/32)):
+    In the shape comments below, ``num_rows`` = states of levels ``0 .. depth-1``,
+    ``num_edges`` = states - 1, ``num_dense_states`` = states of levels ``0 .. dense_levels-1``
+    and ``words`` = ceil(vocab / 32).
     """
 
     indptr: jax.Array  # int32 [num_rows + 1]  edges of state s are indptr[s] : indptr[s+1]
@@ -97,10 +98,6 @@ class TrieIndex:
     @property
     def num_dense_states(self) -> int:
         return self.dense_bits.shape[0]
-
-    def level_offset(self, level: int) -> int:
-        """The id of the first state ``level`` tokens deep."""
-        return sum(self.level_sizes[:level])
 
     def sparse_branching(self) -> int:
         """The widest row among states outside the dense levels (0 when every level is dense)."""
