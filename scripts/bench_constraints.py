@@ -283,6 +283,11 @@ def _pick(rows, setting, method, items=None, vocab=None):
     return None
 
 
+def _overhead_ratio(slow, fast):
+    """Ratio of per-step overheads; None when ``fast`` has none to divide by (at or below zero)."""
+    return slow["overhead_ms_per_step"] / fast["overhead_ms_per_step"] if fast["overhead_ms_per_step"] > 0 else None
+
+
 def goals(rows, largest):
     """The assignment's targets, computed from this run's rows (reported whether met or not)."""
     out = {}
@@ -300,11 +305,13 @@ def goals(rows, largest):
     if dense and cpu:
         out["cpu_trie_kernel_over_static_dense_kernel"] = cpu[-1]["kernel_us"] / dense["kernel_us"]
         out["cpu_trie_step_over_static_dense_step"] = cpu[-1]["decode_ms"] / dense["decode_ms"]
+        out["cpu_trie_overhead_over_static_dense_overhead"] = _overhead_ratio(cpu[-1], dense)
     if sparse and cpu:
         out["cpu_trie_kernel_over_static_sparse_kernel"] = cpu[-1]["kernel_us"] / sparse["kernel_us"]
     if dense and ppv:
         out["ppv_exact_kernel_over_static_dense_kernel"] = ppv["kernel_us"] / dense["kernel_us"]
         out["ppv_exact_step_over_static_dense_step"] = ppv["decode_ms"] / dense["decode_ms"]
+        out["ppv_exact_overhead_over_static_dense_overhead"] = _overhead_ratio(ppv, dense)
     small = _pick(rows, "items", "STATIC (dense mask)", items=smallest)
     if dense and small:
         out["static_dense_kernel_growth_smallest_to_largest"] = dense["kernel_us"] / small["kernel_us"]
