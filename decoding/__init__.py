@@ -1,54 +1,44 @@
 """Jit-compiled decoding over any model that follows :mod:`decoding.protocol`.
 
-Eager exports: the samplers, :func:`generate` and its output, the prefill helpers. Beam search,
-diverse beam search, speculative decoding (with its draft sources) and constrained decoding
-are imported on first access (PEP 562), so ``import decoding`` stays light and those modules
-(and ``constraints/``) load only when used.
+The public entry points are imported eagerly: a lazy ``__getattr__`` would lose to Python's
+own binding of a submodule of the same name (``decoding.beam_search`` the module would
+shadow ``decoding.beam_search`` the function once anything imported the module).
 """
 
-from __future__ import annotations
-
-import importlib
-
+from decoding.beam_helpers import BeamSearchOutput, TopBeams
+from decoding.beam_search import beam_search
+from decoding.constrained import constrained_generate, sparse_beam_search
+from decoding.diverse_beam_search import HammingDiversity, diverse_beam_search
+from decoding.drafts import ModelDraft, PromptLookupDraft
 from decoding.generate import GenerateOutput, generate
 from decoding.prefill import bucket_length, prefill
 from decoding.protocol import DecodeCache, DecodeModel
 from decoding.samplers import Categorical, Greedy, MinP, Temperature, TopK, TopP
-
-_LAZY = {
-    "beam_search": "decoding.beam_search",
-    "BeamSearchOutput": "decoding.beam_search",
-    "diverse_beam_search": "decoding.diverse_beam_search",
-    "HammingDiversity": "decoding.diverse_beam_search",
-    "speculative_generate": "decoding.speculative",
-    "SpeculativeOutput": "decoding.speculative",
-    "SpeculativeStats": "decoding.speculative",
-    "ModelDraft": "decoding.drafts",
-    "PromptLookupDraft": "decoding.drafts",
-    "constrained_generate": "decoding.constrained",
-    "sparse_beam_search": "decoding.constrained",
-}
+from decoding.speculative import SpeculativeOutput, SpeculativeStats, speculative_generate
 
 __all__ = [
+    "BeamSearchOutput",
     "Categorical",
     "DecodeCache",
     "DecodeModel",
     "GenerateOutput",
     "Greedy",
+    "HammingDiversity",
     "MinP",
+    "ModelDraft",
+    "PromptLookupDraft",
+    "SpeculativeOutput",
+    "SpeculativeStats",
     "Temperature",
+    "TopBeams",
     "TopK",
     "TopP",
+    "beam_search",
     "bucket_length",
+    "constrained_generate",
+    "diverse_beam_search",
     "generate",
     "prefill",
-    *_LAZY,
+    "sparse_beam_search",
+    "speculative_generate",
 ]
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'decoding' has no attribute {name!r}")

@@ -350,9 +350,12 @@ def test_real_model_sampled_matches_reference_and_ragged_invariance(tiny):
 def test_package_exports_resolve():
     import decoding
 
+    import decoding.beam_search  # noqa: F401  (a submodule import must not shadow the function)
+
     for name in decoding.__all__:
         assert getattr(decoding, name) is not None, name
     assert decoding.generate is generate
+    assert callable(decoding.beam_search) and not isinstance(decoding.beam_search, type(decoding))
 
 
 def test_continues_a_partly_filled_cache(history_params):
