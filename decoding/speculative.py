@@ -337,8 +337,8 @@ def speculative_generate(
         every row needs room for cached + prompt + max_new_tokens + num_draft_tokens + 1.
       prompts: int [batch, P] right-padded, bucketed as in ``generate`` (the bucket is static).
       prompt_lengths: int [batch], each >= 1. Traced.
-      draft: a :class:`decoding.drafts.ModelDraft` (its model static, params and cache traced;
-        the cache needs the same room as the target's) or a
+      draft: a :class:`decoding.drafts.ModelDraft` (its model static, params and cache traced,
+        not donated; the cache needs the same room as the target's) or a
         :class:`decoding.drafts.PromptLookupDraft` (static).
       num_draft_tokens: k, drafts per round. Static.
       max_new_tokens: an int (also the output width) or an int array [batch] of per-row limits
@@ -351,8 +351,9 @@ def speculative_generate(
       constraint: an optional :class:`constraints.TrieIndex` (arrays traced, metadata static);
         a row also stops when its automaton state is complete.
       pad_id: fills ``out.tokens`` after each row's end. Traced.
-      mesh: optional mesh from :func:`decoding.sharding.data_mesh`: rows are split over its
-        ``data`` axis (the batch must divide evenly), weights replicated or split on ``model``.
+      mesh: optional mesh from :func:`decoding.sharding.data_mesh` (``Auto`` axes): rows are
+        split over its ``data`` axis (the batch must divide evenly), weights replicated or split
+        on ``model``; acceptance runs per device. Per-row keys give the same tokens as no mesh.
       min_bucket: the smallest prompt bucket. Static.
 
     Returns:

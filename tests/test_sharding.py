@@ -54,8 +54,11 @@ def test_per_device_acceptance_equals_the_plain_call():
     plain = jax.jit(rejection_accept)(keys, draft, draft_q, target)
     mesh = sharding.data_mesh()
     rows = sharding.ROWS
+    assert sharding.per_device(rejection_accept, in_specs=(rows,) * 4, out_specs=rows) is rejection_accept
     with jax.set_mesh(mesh):
-        run = jax.jit(sharding.per_device(rejection_accept, in_specs=(rows,) * 4, out_specs=rows))
+        mapped = sharding.per_device(rejection_accept, in_specs=(rows,) * 4, out_specs=rows)
+        assert mapped is not rejection_accept  # a shard_map over the data axis
+        run = jax.jit(mapped)
         per_device = run(*sharding.shard_rows((keys, draft, draft_q, target), mesh))
     np.testing.assert_array_equal(np.asarray(per_device.num_accepted), np.asarray(plain.num_accepted))
     np.testing.assert_array_equal(np.asarray(per_device.next_token), np.asarray(plain.next_token))
