@@ -334,11 +334,13 @@ def plot(rows, path):
         print(f"note: matplotlib is not installed; no plot written to {path} (pip install matplotlib)")
         return
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    methods = list(dict.fromkeys(r["method"] for r in rows if "Unconstrained" not in r["method"]))
+    colors = {method: f"C{i}" for i, method in enumerate(methods)}  # one color per method in both panels
     for ax, setting, key in ((axes[0], "items", "items"), (axes[1], "vocab", "vocab")):
-        methods = dict.fromkeys(r["method"] for r in rows if r["setting"] == setting and "Unconstrained" not in r["method"])
         for method in methods:
             points = sorted((r[key], r["ratio"]) for r in rows if r["setting"] == setting and r["method"] == method)
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+            if points:
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=colors[method], label=method)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -347,6 +349,7 @@ def plot(rows, path):
         ax.set_title(f"constraint overhead vs {key} (batch {BATCH}, {BEAMS} beams)")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"plot written to {path}")
@@ -356,7 +359,7 @@ def main(argv=None):
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--items", default="1e5,1e6,1e7", help="comma-separated item counts (L=8, V=2048)")
     parser.add_argument("--with-1e8", action="store_true", help="also 1e8 items (needs ~10 GB of host memory)")
-    parser.add_argument("--vocabs", default="256,1024,8192,32768", help="vocab sweep at the largest item count")
+    parser.add_argument("--vocabs", default="256,1024,8192,32768", help="vocab sweep at the largest item count ('' for none)")
     parser.add_argument("--plot", metavar="PATH.png", default=None, help="PNG: decode / unconstrained vs items and vs vocab")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--ppv-exact-max-vocab", type=int, default=4096, help="skip exact PPV above this vocab (slow)")
@@ -365,7 +368,8 @@ def main(argv=None):
         item_counts, vocabs, tiger_items, repeats = [10_000, 100_000], [256], 10_000, 3
     else:
         item_counts = [int(float(x)) for x in args.items.split(",")] + ([100_000_000] if args.with_1e8 else [])
-        vocabs, tiger_items, repeats = [int(x) for x in args.vocabs.split(",")], 1_000_000, args.repeats
+        vocabs = [int(x) for x in args.vocabs.split(",") if x.strip()]
+        tiger_items, repeats = 1_000_000, args.repeats
     largest = max(item_counts)
     rows = []
     for n in item_counts:
