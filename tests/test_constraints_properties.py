@@ -76,7 +76,11 @@ def _probe(index, item_rows: jax.Array) -> dict:
 def _check_against_oracle(index, oracle: Oracle, item_rows: np.ndarray) -> None:
     """Exhaustive comparison over every state (plus the dead state) and every token."""
     assert index.num_states == oracle.num_states
-    got = jax.tree.map(np.asarray, _probe(index, jnp.asarray(item_rows, jnp.int32)))
+    item_rows = jnp.asarray(item_rows, jnp.int32)
+    # Every example is a new program that runs once on tiny arrays: skip XLA's backend
+    # optimizations (compile time dominates; the random-walk tests below use the defaults).
+    probe = _probe.lower(index, item_rows).compile(compiler_options={"xla_backend_optimization_level": 0})
+    got = jax.tree.map(np.asarray, probe(index, item_rows))
     order = np.r_[1 : oracle.num_states + 1, 0]  # oracle tables put the dead state last
 
     expected_mask = oracle.mask_table()
