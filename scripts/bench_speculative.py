@@ -13,8 +13,15 @@ and reports tokens/s, the speedup over plain greedy at the same batch, the accep
 identical to plain greedy's (they must be). A k sweep (drafts per round) runs at batch 1.
 
 Every case goes through the public entry points, which validate on the host and jit inside,
-so compile time is the first call's excess over a warm call (``_bench_common.measure_calls``);
-each timed call gets fresh caches (they are donated), built outside the timed region.
+so compile time is the first call's excess over a warm call. The timed calls of all cases of
+one batch size are interleaved (``_bench_common.measure_interleaved``), so load drift on a
+shared machine hits them alike; ``speedup`` compares best-of-N times, ``speedup_med`` medians.
+Each timed call gets fresh caches (they are donated), built outside the timed region.
+
+Peer (optional): ``--peer-python`` names an interpreter with torch + transformers; the pair is
+exported as HF Llama checkpoints and timed with transformers ``generate`` at batch 1 (greedy,
+assisted generation with the draft at a constant k, prompt lookup); skipped with a note if
+that interpreter cannot import them.
 
     python scripts/bench_speculative.py --quick
     python scripts/bench_speculative.py --ckpt runs/lm --json runs/bench_speculative.json
