@@ -145,7 +145,11 @@ def _kernel_stats(method, sample, exact_masks, repeats):
         missed_total += int(exact.sum())
         false_pos += int((mask & ~exact).sum())
     states = len(kernel_states) * BATCH * BEAMS
-    return {"kernel_us": float(np.mean(micros)), "mask_recall": found / missed_total, "fp_per_state": false_pos / states}
+    return {
+        "kernel_us": float(np.mean(micros)),
+        "mask_recall": found / missed_total,
+        "fp_per_state": false_pos / states,
+    }
 
 
 def _static_sparse_kernel_us(index, kernel_states, repeats):
@@ -167,7 +171,9 @@ def _beam_search_runs(index, vocab, depth, repeats):
     prompts, lengths = np.zeros((BATCH, 1), np.int32), np.ones((BATCH,), np.int32)
 
     def run(**kwargs):
-        return beam_search(RandomLogitsModel(), params, cache, prompts, lengths, num_beams=BEAMS, length_penalty=0.0, **kwargs)
+        return beam_search(
+            RandomLogitsModel(), params, cache, prompts, lengths, num_beams=BEAMS, length_penalty=0.0, **kwargs
+        )
 
     start = time.perf_counter()
     result = jax.block_until_ready(run(constraint=index))
@@ -219,7 +225,8 @@ def run_setting(label, num_items, vocab, depth, repeats, with_ppv_exact=True):
         nbytes = rss if name == "CPU trie" else method.nbytes()
         decode_ms, free_ms, compile_s, valid = decode(method)
         if not rows:
-            rows.append(dict(base, method="Unconstrained", decode_ms=free_ms, compile_s=free_compile_s, valid=free_valid))
+            free_row = dict(base, method="Unconstrained", decode_ms=free_ms, compile_s=free_compile_s, valid=free_valid)
+            rows.append(free_row)
         kernel_repeats = 1 if name in ("CPU trie", "PPV exact") else repeats
         row = dict(
             base,
@@ -270,8 +277,8 @@ def finalize_rows(rows, depth):
 
 
 COLUMNS = [
-    "setting", "items", "vocab", "L", "method", "decode_ms", "reference_ms", "overhead_ms_per_step", "ratio", "kernel_us",
-    "mb_per_1m_items", "build_s", "compile_s", "first_call_s", "valid", "mask_recall", "fp_per_state",
+    "setting", "items", "vocab", "L", "method", "decode_ms", "reference_ms", "overhead_ms_per_step", "ratio",
+    "kernel_us", "mb_per_1m_items", "build_s", "compile_s", "first_call_s", "valid", "mask_recall", "fp_per_state",
 ]  # fmt: skip
 
 
@@ -359,8 +366,10 @@ def main(argv=None):
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--items", default="1e5,1e6,1e7", help="comma-separated item counts (L=8, V=2048)")
     parser.add_argument("--with-1e8", action="store_true", help="also 1e8 items (needs ~10 GB of host memory)")
-    parser.add_argument("--vocabs", default="256,1024,8192,32768", help="vocab sweep at the largest item count ('' for none)")
-    parser.add_argument("--plot", metavar="PATH.png", default=None, help="PNG: decode / unconstrained vs items and vs vocab")
+    parser.add_argument(
+        "--vocabs", default="256,1024,8192,32768", help="vocab sweep at the largest item count ('' for none)"
+    )
+    parser.add_argument("--plot", metavar="PATH.png", default=None, help="PNG: decode / unconstrained vs items, vocab")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--ppv-exact-max-vocab", type=int, default=4096, help="skip exact PPV above this vocab (slow)")
     args = parser.parse_args(argv)

@@ -72,11 +72,6 @@ def max_branching(ordered: np.ndarray) -> tuple[int, ...]:
     return tuple(result)
 
 
-def tree_nbytes(tree) -> int:
-    """Bytes held by the array leaves of a pytree."""
-    return int(sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(tree)))
-
-
 @struct.dataclass
 class PrefixState:
     """The tokens emitted so far: the state of the prefix-based baselines (CPU trie, PPV).
