@@ -223,10 +223,14 @@ def generate(
       prompt_lengths: int [batch], each in [1, P]. Traced.
       max_new_tokens: an int (every row; also the output width), or an int array [batch] of
         per-row limits (traced; a row with 0 produces nothing).
-      sampler: ``Greedy()`` or ``Categorical(processors)``. Its type and processor order are
-        static; its knob values (temperature, k, p, per-row arrays) are traced.
-      key: a PRNG key, required unless the sampler is ``Greedy``. Traced; step i samples with
-        ``fold_in(key, i)``, so a key gives the same output every time.
+      sampler: ``Greedy()`` or ``Categorical(processors)``. Its type, processor order and the
+        knobs' shapes (scalar or [batch]) are static; its knob values (temperature, k, p) are
+        traced and cast to their declared dtypes first, so ``Temperature(1)``,
+        ``Temperature(0.7)`` and ``Temperature(jnp.float32(1))`` share one compile.
+      key: a PRNG key (``jax.random.key``, or a raw ``jax.random.PRNGKey``, wrapped to a typed
+        key: both share one compile and give the same tokens), required unless the sampler is
+        ``Greedy``. Traced; step i samples with ``fold_in(key, i)``, so a key gives the same
+        output every time.
       eos_ids: tuple of stop-token ids. Their number is static, their values traced.
       width: static output width when ``max_new_tokens`` is an array (default: its maximum,
         so a new maximum recompiles; fix ``width`` to avoid that).
@@ -247,6 +251,7 @@ def generate(
     prompts_np, lengths_np = validation.check_prompts(prompts, prompt_lengths)
     limits, width = validation.check_new_tokens(max_new_tokens, width, prompts_np.shape[0])
     validation.check_sampler(sampler, key)
+    sampler, key = validation.normalize_sampler(sampler), validation.normalize_key(key)
     cache_lengths = np.asarray(cache.lengths).astype(np.int32)
     validation.check_capacity(cache_lengths, lengths_np, limits, cache.capacity)
     if vocab_size is None:

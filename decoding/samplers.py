@@ -3,7 +3,10 @@
 Every numeric knob is a pytree leaf, so it is *traced*: a new temperature, top-k, top-p or
 min-p value does not recompile. A knob may be a scalar or a per-row array ``[batch]``.
 Which sampler (its Python type) and which processors (their order) are part of the pytree
-structure, so changing *those* recompiles.
+structure, so changing *those* recompiles. Each knob field declares its dtype with
+:func:`knob`; the decoding entry points cast every knob to it
+(:func:`decoding.validation.normalize_sampler`), so ``Temperature(1)``, ``Temperature(0.7)``
+and ``Temperature(jnp.float32(1))`` share one compiled loop.
 
 Example::
 
@@ -24,6 +27,13 @@ import jax.numpy as jnp
 from flax import struct
 
 NEG_INF = -jnp.inf
+KNOB_DTYPE = "knob_dtype"  # field metadata key read by decoding.validation.normalize_sampler
+
+
+def knob(dtype=jnp.float32):
+    """A traced knob field whose values the decoding entry points cast to ``dtype``
+    (float32 unless declared otherwise; integer knobs such as ``TopK.k`` declare int32)."""
+    return struct.field(metadata={KNOB_DTYPE: dtype})
 
 
 def _per_row(value, logits: jax.Array) -> jax.Array:
@@ -42,7 +52,7 @@ class LogitsProcessor(Protocol):
 class Temperature:
     """Divides logits by ``value`` (float32 [] or [batch], traced). A row with 0 becomes greedy."""
 
-    value: jax.Array | float
+    value: jax.Array | float = knob(jnp.float32)
 
     def __call__(self, logits: jax.Array) -> jax.Array:
         t = _per_row(self.value, logits).astype(logits.dtype)
@@ -57,7 +67,7 @@ class TopK:
     """Keeps the ``k`` largest logits (int32 [] or [batch], traced; k <= 0 keeps all). Ties at the
     k-th value are all kept."""
 
-    k: jax.Array | int
+    k: jax.Array | int = knob(jnp.int32)
 
     def __call__(self, logits: jax.Array) -> jax.Array:
         vocab = logits.shape[-1]
@@ -73,7 +83,7 @@ class TopP:
     """Nucleus: keeps the smallest set of most likely tokens whose probability reaches ``p``
     (float32 [] or [batch], traced; p >= 1 keeps all). The most likely token is always kept."""
 
-    p: jax.Array | float
+    p: jax.Array | float = knob(jnp.float32)
 
     def __call__(self, logits: jax.Array) -> jax.Array:
         p = _per_row(self.p, logits).astype(jnp.float32)
@@ -91,7 +101,7 @@ class MinP:
     """Keeps tokens whose probability is at least ``p`` times the top token's
     (float32 [] or [batch], traced; p <= 0 keeps all)."""
 
-    p: jax.Array | float
+    p: jax.Array | float = knob(jnp.float32)
 
     def __call__(self, logits: jax.Array) -> jax.Array:
         p = _per_row(self.p, logits).astype(jnp.float32)

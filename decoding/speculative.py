@@ -369,6 +369,7 @@ def speculative_generate(
     batch = prompts_np.shape[0]
     limits, width = validation.check_new_tokens(max_new_tokens, width, batch)
     validation.check_sampler(sampler, key)
+    sampler, key = validation.normalize_sampler(sampler), validation.normalize_key(key)
     cache_lengths = np.asarray(target_cache.lengths).astype(np.int32)
     validation.check_capacity(cache_lengths, lengths_np, limits, target_cache.capacity)
     check_room("target", cache_lengths, lengths_np, limits, k, target_cache.capacity)

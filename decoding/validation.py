@@ -6,13 +6,14 @@ tracer skips the value test, since loops called inside an outer ``jit`` cannot s
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from decoding.samplers import Greedy, MinP, Temperature, TopP
+from decoding.samplers import KNOB_DTYPE, Greedy, MinP, Temperature, TopP
 
 _VOCAB_MEMO: dict[tuple, int] = {}
 _VOCAB_MEMO_LIMIT = 64
@@ -164,6 +165,44 @@ def check_sampler(sampler: Any, key: Any) -> None:
             raise ValueError(f"top-p must be a number in [0, 1], got {np.asarray(knob.p).tolist()}")
         if isinstance(knob, MinP) and _bad_values(knob.p, lambda v: np.isnan(v) | (v > 1)):
             raise ValueError(f"min-p must be <= 1 (a larger value removes every token), got {np.asarray(knob.p).tolist()}")
+
+
+def normalize_sampler(sampler: Any) -> Any:
+    """``sampler`` with every knob a jnp array of its field's declared dtype
+    (:func:`decoding.samplers.knob`: float32, or int32 for integer knobs such as ``TopK.k``).
+
+    Python ints and floats, NumPy scalars and weakly typed arrays otherwise reach ``jit`` with
+    different dtypes or weak types and each compile a new loop; after this only the sampler's
+    structure and the knobs' shapes (scalar or [batch]) select the compiled variant. Shapes
+    and values are kept; tracers pass through cast.
+    """
+    if isinstance(sampler, (tuple, list)):
+        return type(sampler)(normalize_sampler(item) for item in sampler)
+    if not dataclasses.is_dataclass(sampler) or isinstance(sampler, type):
+        return sampler
+    changes = {}
+    for field in dataclasses.fields(sampler):
+        value = getattr(sampler, field.name)
+        if KNOB_DTYPE in field.metadata:
+            changes[field.name] = jnp.asarray(value, field.metadata[KNOB_DTYPE])
+        else:
+            changes[field.name] = normalize_sampler(value)
+    return dataclasses.replace(sampler, **changes)
+
+
+def normalize_key(key: Any) -> Any:
+    """A typed PRNG key: a raw ``uint32`` key (``jax.random.PRNGKey``) is wrapped with
+    ``jax.random.wrap_key_data`` (default implementation; same random bits), so raw and typed
+    keys share one compiled loop. Typed keys and None pass through."""
+    if key is None or jnp.issubdtype(jnp.result_type(key), jax.dtypes.prng_key):
+        return key
+    raw = jnp.asarray(key)
+    if raw.dtype != jnp.uint32:
+        raise ValueError(f"key must be a jax.random.key or a raw uint32 PRNGKey, got dtype {raw.dtype}")
+    try:
+        return jax.random.wrap_key_data(raw)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"key of shape {raw.shape} is not a PRNG key of the default implementation: {error}") from None
 
 
 def infer_vocab_size(model: Any, params: Any, cache: Any) -> int:

@@ -232,6 +232,29 @@ def test_no_recompile_within_a_bucket(history_params):
     assert compiled_variants() == before + 2
 
 
+def test_knob_types_and_key_kinds_share_one_compile():
+    """Python float/int, NumPy and jnp scalars of one knob, and raw or typed keys, are cast to
+    one dtype before jit: one compile per structure (knob shapes), not per Python type."""
+    model, params = BigramModel(), random_params(VOCAB, seed=9)
+    prompts, lengths = np.array([[1, 2, 3], [4, 0, 0]]), np.array([3, 1])
+
+    def run(temperature, top_k, key):
+        sampler = Categorical((Temperature(temperature), TopK(top_k)))
+        return generate(model, params, TokenCache.empty(2, 11), prompts, lengths, max_new_tokens=5, sampler=sampler,
+                        key=key)
+
+    before = compiled_variants()
+    scalars = [(0.7, 5), (1, 5), (jnp.float32(1), jnp.int32(5)), (np.float64(1), np.int64(5)), (jnp.asarray(1.0), 5.0)]
+    outs = [run(t, k, jax.random.key(3)) for t, k in scalars]
+    raw = run(1, 5, jax.random.PRNGKey(3))
+    assert compiled_variants() == before + 1
+    for out in outs[2:] + [raw]:  # temperature 1, top-k 5, the same key bits: the same tokens
+        np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(outs[1].tokens))
+    run(np.array([0.7, 1.0]), np.array([3, 5]), jax.random.key(3))
+    run(jnp.array([1, 2]), jnp.array([4.0, 6.0]), jax.random.PRNGKey(4))  # per-row, other dtypes
+    assert compiled_variants() == before + 2
+
+
 def test_cache_is_donated_and_returned():
     cache = TokenCache.empty(2, 16)
     out = generate(BigramModel(), counting_params(VOCAB), cache, np.array([[1, 2], [3, 0]]), np.array([2, 1]),
@@ -271,6 +294,7 @@ def _call(**overrides):
         (dict(sampler=Categorical((Temperature(jnp.array([1.0, -1.0])),)), key=jax.random.key(0)), "temperature"),
         (dict(sampler=Categorical((MinP(1.5),)), key=jax.random.key(0)), "min-p"),
         (dict(sampler=Categorical(())), "pass key"),
+        (dict(sampler=Categorical(()), key=np.zeros(2, np.float32)), "uint32"),
         (dict(max_new_tokens=np.array([3, 5]), width=4), "exceed the output width"),
         (dict(max_new_tokens=np.array([3, -1])), ">= 0"),
         (dict(max_new_tokens=np.array([3, 3, 3])), "shape"),

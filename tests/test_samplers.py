@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from decoding.samplers import Categorical, Greedy, MinP, Temperature, TopK, TopP
+from decoding.validation import normalize_key, normalize_sampler
 
 NEG_INF = -np.inf
 
@@ -228,3 +229,29 @@ def test_new_knob_values_do_not_recompile(logits):
     assert draw._cache_size() == 2
     draw(Categorical((TopK(jnp.int32(3)), Temperature(jnp.float32(0.7)), TopP(jnp.float32(0.5)))), key, x)
     assert draw._cache_size() == 3  # a new processor order is a new structure: static by design
+
+
+def test_normalize_sampler_casts_by_declared_field_kind():
+    """Each knob gets its field's declared dtype whatever value type came in (a float top-k is
+    still int32, an int temperature float32); shapes and values are kept, structure too."""
+    sampler = Categorical((Temperature(1), TopK(3.0), TopP(np.float64(0.5)), MinP(np.array([0, 1]))))
+    out = normalize_sampler(sampler)
+    assert jax.tree.structure(out) == jax.tree.structure(sampler)
+    expected = [(jnp.float32, (), 1.0), (jnp.int32, (), 3), (jnp.float32, (), 0.5), (jnp.float32, (2,), [0.0, 1.0])]
+    for leaf, (dtype, shape, value) in zip(jax.tree.leaves(out), expected):
+        assert isinstance(leaf, jax.Array) and leaf.dtype == dtype and leaf.shape == shape
+        assert not leaf.weak_type
+        np.testing.assert_array_equal(np.asarray(leaf), value)
+    assert normalize_sampler(Greedy()) == Greedy()
+    np.testing.assert_array_equal(np.asarray(normalize_sampler(TopK(jnp.array([2.0, 7.0]))).k), [2, 7])
+
+
+def test_normalize_key_wraps_raw_keys_with_the_same_bits():
+    raw, typed = jax.random.PRNGKey(5), jax.random.key(5)
+    wrapped = normalize_key(raw)
+    assert jnp.issubdtype(wrapped.dtype, jax.dtypes.prng_key) and wrapped.dtype == typed.dtype
+    np.testing.assert_array_equal(np.asarray(jax.random.key_data(wrapped)), np.asarray(jax.random.key_data(typed)))
+    np.testing.assert_array_equal(np.asarray(jax.random.normal(wrapped, (3,))), np.asarray(jax.random.normal(typed, (3,))))
+    assert normalize_key(typed) is typed and normalize_key(None) is None
+    with pytest.raises(ValueError, match="uint32"):
+        normalize_key(np.zeros(2, np.int32))
