@@ -17,7 +17,8 @@ and the tests' plain Python reference loop:
    ``num_valid = 0``), samples the next, and records it.
 3. :func:`decode_loop` repeats 2 until every row is done: it produced one of ``eos_ids`` or
    reached its own limit. The last token is never fed, so the returned cache holds
-   prompt + new - 1 tokens per row.
+   prompt + max(new - 1, 0) tokens per row (a row with limit 0 feeds nothing after its
+   prompt), and a cache with room for exactly that suffices.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class GenerateOutput:
     tokens: jax.Array  # int32 [batch, width]  new tokens only, pad_id after each row's end
     lengths: jax.Array  # int32 [batch]  new tokens per row, EOS included
     log_probs: jax.Array  # float32 [batch, width]  model log_softmax of each token, 0 after the end
-    cache: Any  # the decode cache after the loop (lengths = cached + prompt + new - 1 per row)
+    cache: Any  # the decode cache after the loop (lengths = cached + prompt + max(new - 1, 0) per row)
 
 
 @struct.dataclass
@@ -215,8 +216,9 @@ def generate(
     Args:
       model: a hashable callable following :class:`decoding.protocol.DecodeModel`. Static.
       params: the model's parameter pytree. Traced.
-      cache: a decode cache with room for every row's prompt + new tokens. Traced and
-        *donated*: its buffers are reused for the returned ``out.cache``; do not use it again.
+      cache: a decode cache with room for every row's prompt + max_new_tokens - 1 tokens (the
+        last new token is never fed). Traced and *donated*: its buffers are reused for the
+        returned ``out.cache``; do not use it again.
       prompts: int [batch, P], right-padded (entries past a row's length are ignored). The
         width is bucketed: padded to the next power of two of the longest prompt, at least
         ``min_bucket``, at most the free cache room; only the bucket is static.
@@ -253,7 +255,7 @@ def generate(
     validation.check_sampler(sampler, key)
     sampler, key = validation.normalize_sampler(sampler), validation.normalize_key(key)
     cache_lengths = np.asarray(cache.lengths).astype(np.int32)
-    validation.check_capacity(cache_lengths, lengths_np, limits, cache.capacity)
+    validation.check_capacity(cache_lengths, lengths_np, limits, cache.capacity, unfed_tokens=1)
     if vocab_size is None:
         vocab_size = validation.infer_vocab_size(model, params, cache)
     validation.check_prompt_tokens(prompts_np, lengths_np, vocab_size)

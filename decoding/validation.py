@@ -125,8 +125,16 @@ def check_capacity(
     prompt_lengths: np.ndarray,  # int32 [batch]
     limits: np.ndarray,  # int32 [batch]
     capacity: int,
+    *,
+    unfed_tokens: int = 0,
 ) -> None:
-    """Each row's cached tokens + prompt + new tokens must fit the cache."""
+    """Each row's cached tokens + prompt + the new tokens the loop writes must fit the cache.
+
+    ``unfed_tokens``: how many of a row's last new tokens the caller's loop never feeds to the
+    model (so never writes to the cache). :func:`decoding.generate.generate` never feeds its
+    last token and passes 1: a row then needs prompt + max(limit - 1, 0) positions. The default
+    0 asks for room for prompt + limit.
+    """
     if cache_lengths.shape != prompt_lengths.shape:
         raise ValueError(
             f"the cache has batch {cache_lengths.shape[0]} but the prompts have batch {prompt_lengths.shape[0]}"
@@ -139,11 +147,13 @@ def check_capacity(
             f"prompt of row {row} has {prompt_lengths[row]} tokens but its cache row has room for only {room[row]} "
             f"(capacity {capacity}, {cache_lengths[row]} already used)"
         )
-    over = prompt_lengths + limits > room
+    written = np.maximum(limits - unfed_tokens, 0)
+    over = prompt_lengths + written > room
     if np.any(over):
         row = int(np.argmax(over))
+        fed = f" - {unfed_tokens} never fed" if unfed_tokens else ""
         raise ValueError(
-            f"row {row}: prompt ({prompt_lengths[row]}) + max_new_tokens ({limits[row]}) exceeds the free cache "
+            f"row {row}: prompt ({prompt_lengths[row]}) + max_new_tokens ({limits[row]}){fed} exceeds the free cache "
             f"capacity {room[row]}; allocate a larger cache or decode fewer tokens"
         )
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from decoding.generate import compiled_variants, generate
 from decoding.prefill import bucket_length, pad_prompts, prefill
 from decoding.samplers import Categorical, Greedy, MinP, Temperature, TopK
+from decoding.validation import check_capacity
 from fake_models import BigramModel, HistoryModel, TokenCache, counting_params, random_params
 
 VOCAB = 32
@@ -255,6 +256,32 @@ def test_knob_types_and_key_kinds_share_one_compile():
     assert compiled_variants() == before + 2
 
 
+def test_cache_that_fits_exactly_is_accepted():
+    """The last new token is never fed: prompt + limit - 1 positions suffice (limit 0 rows need
+    only their prompt), one fewer is rejected, and the tokens equal a roomy cache's."""
+    model, params = BigramModel(), counting_params(VOCAB)
+    prompts, lengths = np.array([[1, 2, 3], [4, 5, 0], [6, 7, 8]]), np.array([3, 2, 3])
+    limits = np.array([5, 6, 0], np.int32)  # needs 3 + 4, 2 + 5, 3 + 0 positions
+    tight = generate(model, params, TokenCache.empty(3, 7), prompts, lengths, max_new_tokens=limits)
+    roomy = generate(model, params, TokenCache.empty(3, 16), prompts, lengths, max_new_tokens=limits)
+    np.testing.assert_array_equal(np.asarray(tight.tokens), np.asarray(roomy.tokens))
+    np.testing.assert_array_equal(np.asarray(tight.tokens[:2]), [[4, 5, 6, 7, 8, 0], [6, 7, 8, 9, 10, 11]])
+    np.testing.assert_array_equal(np.asarray(tight.cache.lengths), [7, 7, 3])
+    with pytest.raises(ValueError, match="exceeds the free cache capacity"):
+        generate(model, params, TokenCache.empty(3, 6), prompts, lengths, max_new_tokens=limits)
+
+
+def test_check_capacity_counts_unfed_tokens_only_when_told():
+    """Callers that feed every new token (the default) keep the full prompt + limit requirement."""
+    cached, prompt, limits = np.array([1, 0]), np.array([3, 4]), np.array([4, 0])
+    check_capacity(cached, prompt, limits, 8)
+    check_capacity(cached, prompt, limits, 7, unfed_tokens=1)
+    with pytest.raises(ValueError, match="exceeds the free cache capacity"):
+        check_capacity(cached, prompt, limits, 7)
+    with pytest.raises(ValueError, match="exceeds the free cache capacity"):
+        check_capacity(cached, prompt, limits, 6, unfed_tokens=1)
+
+
 def test_cache_is_donated_and_returned():
     cache = TokenCache.empty(2, 16)
     out = generate(BigramModel(), counting_params(VOCAB), cache, np.array([[1, 2], [3, 0]]), np.array([2, 1]),
@@ -284,7 +311,7 @@ def _call(**overrides):
         (dict(prompt_lengths=np.array([3, 1])), "exceeds the prompts width"),
         (dict(prompt_lengths=np.array([2, 1, 1])), "shape"),
         (dict(prompts=np.ones((2, 20), np.int32), prompt_lengths=np.array([20, 1])), "room for only 16"),
-        (dict(max_new_tokens=15), "exceeds the free cache capacity"),
+        (dict(max_new_tokens=16), "exceeds the free cache capacity"),
         (dict(max_new_tokens=0), "at least 1"),
         (dict(prompts=np.array([[1, 16], [3, 0]])), "outside the vocabulary"),
         (dict(prompts=np.array([[1, 2], [-3, 0]])), "outside the vocabulary"),
