@@ -284,7 +284,7 @@ def constrained_generate(
     prompts_np, lengths_np = validation.check_prompts(prompts, prompt_lengths)
     width = constraint.depth if max_new_tokens is None else max_new_tokens
     limits, width = validation.check_new_tokens(width, None, prompts_np.shape[0])
-    validation.check_sampler(sampler, key)
+    validation.check_sampler(sampler, key, prompts_np.shape[0])
     sampler, key = validation.normalize_sampler(sampler), validation.normalize_key(key)
     cache_lengths = np.asarray(cache.lengths).astype(np.int32)
     validation.check_capacity(cache_lengths, lengths_np, limits, cache.capacity)

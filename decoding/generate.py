@@ -223,8 +223,8 @@ def generate(
         width is bucketed: padded to the next power of two of the longest prompt, at least
         ``min_bucket``, at most the free cache room; only the bucket is static.
       prompt_lengths: int [batch], each in [1, P]. Traced.
-      max_new_tokens: an int (every row; also the output width), or an int array [batch] of
-        per-row limits (traced; a row with 0 produces nothing).
+      max_new_tokens: an int or 0-d int array (every row; also the output width), or an int
+        array [batch] of per-row limits (traced; a row with 0 produces nothing).
       sampler: ``Greedy()`` or ``Categorical(processors)``. Its type, processor order and the
         knobs' shapes (scalar or [batch]) are static; its knob values (temperature, k, p) are
         traced and cast to their declared dtypes first, so ``Temperature(1)``,
@@ -246,13 +246,14 @@ def generate(
 
     Raises:
       ValueError: on malformed prompts, ids outside the vocabulary, a prompt or budget that
-        does not fit the cache, a negative temperature, or a missing key. Must be called
+        does not fit the cache, a knob out of range (negative temperature, top-p outside
+        [0, 1]) or of the wrong batch size, or a missing key. Must be called
         with concrete values (not inside another ``jit``); inside ``jit``, compose
         :func:`decoding.prefill.prefill`, :func:`init_carry` and :func:`decode_loop`.
     """
     prompts_np, lengths_np = validation.check_prompts(prompts, prompt_lengths)
     limits, width = validation.check_new_tokens(max_new_tokens, width, prompts_np.shape[0])
-    validation.check_sampler(sampler, key)
+    validation.check_sampler(sampler, key, prompts_np.shape[0])
     sampler, key = validation.normalize_sampler(sampler), validation.normalize_key(key)
     cache_lengths = np.asarray(cache.lengths).astype(np.int32)
     validation.check_capacity(cache_lengths, lengths_np, limits, cache.capacity, unfed_tokens=1)

@@ -81,7 +81,7 @@ class TopK:
 @struct.dataclass
 class TopP:
     """Nucleus: keeps the smallest set of most likely tokens whose probability reaches ``p``
-    (float32 [] or [batch], traced; p >= 1 keeps all). The most likely token is always kept."""
+    (float32 [] or [batch] in [0, 1], traced; 1 keeps all). The most likely token is always kept."""
 
     p: jax.Array | float = knob(jnp.float32)
 

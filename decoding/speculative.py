@@ -368,7 +368,7 @@ def speculative_generate(
     prompts_np, lengths_np = validation.check_prompts(prompts, prompt_lengths)
     batch = prompts_np.shape[0]
     limits, width = validation.check_new_tokens(max_new_tokens, width, batch)
-    validation.check_sampler(sampler, key)
+    validation.check_sampler(sampler, key, batch)
     sampler, key = validation.normalize_sampler(sampler), validation.normalize_key(key)
     cache_lengths = np.asarray(target_cache.lengths).astype(np.int32)
     validation.check_capacity(cache_lengths, lengths_np, limits, target_cache.capacity)

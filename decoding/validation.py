@@ -92,8 +92,11 @@ def check_new_tokens(
     """Per-row limits and the static output width.
 
     ``max_new_tokens`` an int: every row gets it and it is the width (``width`` must be None or
-    equal). An array [batch]: the per-row limits; ``width`` defaults to their maximum.
+    equal); a 0-d integer array counts as an int. An array [batch]: the per-row limits; ``width``
+    defaults to their maximum.
     """
+    if np.ndim(max_new_tokens) == 0 and np.issubdtype(np.asarray(max_new_tokens).dtype, np.integer):
+        max_new_tokens = int(np.asarray(max_new_tokens))
     if isinstance(max_new_tokens, (int, np.integer)) and not isinstance(max_new_tokens, bool):
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
@@ -163,15 +166,37 @@ def _bad_values(value: Any, is_bad) -> bool:
     return values is not None and bool(np.any(is_bad(values.astype(np.float64))))
 
 
-def check_sampler(sampler: Any, key: Any) -> None:
-    """Concrete knob values in range, and a key for every sampler that draws random numbers."""
+def _knob_leaves(sampler: Any) -> list[tuple[str, Any]]:
+    """``(name, value)`` of every knob field in ``sampler`` (dataclasses nested in tuples/lists)."""
+    if isinstance(sampler, (tuple, list)):
+        return [pair for item in sampler for pair in _knob_leaves(item)]
+    if not dataclasses.is_dataclass(sampler) or isinstance(sampler, type):
+        return []
+    pairs = []
+    for field in dataclasses.fields(sampler):
+        value = getattr(sampler, field.name)
+        if KNOB_DTYPE in field.metadata:
+            pairs.append((f"{type(sampler).__name__}.{field.name}", value))
+        else:
+            pairs.extend(_knob_leaves(value))
+    return pairs
+
+
+def check_sampler(sampler: Any, key: Any, batch: int | None = None) -> None:
+    """Concrete knob values in range, each knob a scalar or (with ``batch`` given) an array of
+    shape [batch], and a key for every sampler that draws random numbers."""
     if key is None and not isinstance(sampler, Greedy):
         raise ValueError(f"{type(sampler).__name__} samples at random; pass key=jax.random.key(seed)")
+    if batch is not None:
+        for name, value in _knob_leaves(sampler):
+            shape = np.shape(value)
+            if shape not in ((), (batch,)):
+                raise ValueError(f"{name} must be a scalar or a per-row array of shape ({batch},), got shape {shape}")
     knobs = jax.tree.leaves(sampler, is_leaf=lambda x: isinstance(x, (Temperature, TopP, MinP)))
     for knob in knobs:
         if isinstance(knob, Temperature) and _bad_values(knob.value, lambda v: np.isnan(v) | (v < 0)):
             raise ValueError(f"temperature must be >= 0 (0 means greedy), got {np.asarray(knob.value).tolist()}")
-        if isinstance(knob, TopP) and _bad_values(knob.p, np.isnan):
+        if isinstance(knob, TopP) and _bad_values(knob.p, lambda v: np.isnan(v) | (v < 0) | (v > 1)):
             raise ValueError(f"top-p must be a number in [0, 1], got {np.asarray(knob.p).tolist()}")
         if isinstance(knob, MinP) and _bad_values(knob.p, lambda v: np.isnan(v) | (v > 1)):
             raise ValueError(f"min-p must be <= 1 (a larger value removes every token), got {np.asarray(knob.p).tolist()}")

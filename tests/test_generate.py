@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from decoding.generate import compiled_variants, generate
 from decoding.prefill import bucket_length, pad_prompts, prefill
-from decoding.samplers import Categorical, Greedy, MinP, Temperature, TopK
+from decoding.samplers import Categorical, Greedy, MinP, Temperature, TopK, TopP
 from decoding.validation import check_capacity
 from fake_models import BigramModel, HistoryModel, TokenCache, counting_params, random_params
 
@@ -282,6 +282,12 @@ def test_check_capacity_counts_unfed_tokens_only_when_told():
         check_capacity(cached, prompt, limits, 6, unfed_tokens=1)
 
 
+@pytest.mark.parametrize("limit", [np.array(4), np.int64(4), jnp.asarray(4)], ids=["numpy-0d", "numpy-scalar", "jnp-0d"])
+def test_zero_d_max_new_tokens_is_a_scalar(limit):
+    out = _call(max_new_tokens=limit)
+    np.testing.assert_array_equal(np.asarray(out.tokens), [[3, 4, 5, 6], [4, 5, 6, 7]])
+
+
 def test_cache_is_donated_and_returned():
     cache = TokenCache.empty(2, 16)
     out = generate(BigramModel(), counting_params(VOCAB), cache, np.array([[1, 2], [3, 0]]), np.array([2, 1]),
@@ -321,6 +327,12 @@ def _call(**overrides):
         (dict(sampler=Categorical((Temperature(jnp.array([1.0, -1.0])),)), key=jax.random.key(0)), "temperature"),
         (dict(sampler=Categorical((MinP(1.5),)), key=jax.random.key(0)), "min-p"),
         (dict(sampler=Categorical(())), "pass key"),
+        (dict(sampler=Categorical((TopP(1.5),)), key=jax.random.key(0)), r"top-p must be a number in \[0, 1\]"),
+        (dict(sampler=Categorical((TopP(jnp.array([0.5, -0.1])),)), key=jax.random.key(0)), r"\[0, 1\]"),
+        (dict(sampler=Categorical((Temperature(np.array([1.0, 1.0, 1.0])),)), key=jax.random.key(0)),
+         r"Temperature.value must be a scalar or a per-row array of shape \(2,\)"),
+        (dict(sampler=Categorical((TopK(np.array([[3], [4]])),)), key=jax.random.key(0)), r"TopK.k .* shape \(2,\)"),
+        (dict(sampler=Categorical((MinP(np.array([0.1])),)), key=jax.random.key(0)), "per-row array"),
         (dict(sampler=Categorical(()), key=np.zeros(2, np.float32)), "uint32"),
         (dict(max_new_tokens=np.array([3, 5]), width=4), "exceed the output width"),
         (dict(max_new_tokens=np.array([3, -1])), ">= 0"),
