@@ -38,7 +38,14 @@ import numpy as np
 from flax import struct
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _bench_common import add_common_args, compile_timed, print_table, time_runs, write_json  # noqa: E402
+from _bench_common import (  # noqa: E402
+    add_common_args,
+    compile_timed,
+    measure_interleaved,
+    print_table,
+    time_runs,
+    write_json,
+)
 
 import constraints  # noqa: E402
 from constraints.baselines import (  # noqa: E402
@@ -53,6 +60,7 @@ from decoding.beam_search import beam_search  # noqa: E402
 BATCH, BEAMS = 2, 70
 PPV_WINDOW = 16  # items sampled per prefix range by approximate PPV
 CPU_TRIE_MAX_ITEMS = 100_000  # the dict-of-dicts trie is built only up to this many items
+SLOW_KERNEL_REPEATS = 3  # best-of for the ms-scale kernels (CPU trie, exact PPV)
 
 
 def random_logits(table: jax.Array, step: jax.Array, tokens: jax.Array) -> jax.Array:
@@ -83,11 +91,12 @@ class RandomLogitsModel:
 @jax.jit
 def _walk(method, prefixes, depth):
     """States after the first ``depth`` (int32 []) tokens of prefixes int32 [..., L]."""
-    state = method.initial_state(prefixes.shape[:-1])
-    for position in range(prefixes.shape[-1]):
-        advanced = method.advance(state, prefixes[..., position])
-        state = jax.tree.map(lambda new, old: jnp.where(position < depth, new, old), advanced, state)
-    return state
+
+    def step(position, state):  # a loop, not unrolled: one advance to compile per method
+        advanced = method.advance(state, jnp.take(prefixes, position, axis=-1))
+        return jax.tree.map(lambda new, old: jnp.where(position < depth, new, old), advanced, state)
+
+    return jax.lax.fori_loop(0, prefixes.shape[-1], step, method.initial_state(prefixes.shape[:-1]))
 
 
 @jax.jit
@@ -131,7 +140,8 @@ def _timed_build(build):
 
 
 def _kernel_stats(method, sample, exact_masks, repeats):
-    """Mean warm time (us) of the jitted mask kernel over depths, and its agreement with exact.
+    """Warm time (us, best of ``repeats``) of the jitted mask kernel per depth and its mean over
+    depths, and the mask's agreement with the exact one.
 
     sample: int32 [batch, beams, L] items; the states are their prefixes of each length < L.
     """
@@ -139,7 +149,7 @@ def _kernel_stats(method, sample, exact_masks, repeats):
     compiled, _ = compile_timed(_mask, method, kernel_states[0])
     micros, found, missed_total, false_pos = [], 0, 0, 0
     for state, exact in zip(kernel_states, exact_masks):
-        micros.append(time_runs(compiled, method, state, warmup=1, repeats=repeats).min_s * 1e6)
+        micros.append(time_runs(compiled, method, state, warmup=2, repeats=repeats).min_s * 1e6)
         mask = np.asarray(compiled(method, state))
         found += int((mask & exact).sum())
         missed_total += int(exact.sum())
@@ -147,23 +157,24 @@ def _kernel_stats(method, sample, exact_masks, repeats):
     states = len(kernel_states) * BATCH * BEAMS
     return {
         "kernel_us": float(np.mean(micros)),
+        "kernel_us_per_depth": [float(m) for m in micros],
         "mask_recall": found / missed_total,
         "fp_per_state": false_pos / states,
     }
 
 
 def _static_sparse_kernel_us(index, kernel_states, repeats):
+    """Warm us (best of ``repeats``) of ``constraints.candidates`` per depth on [batch, beams]
+    states, compiled ahead of time like the mask kernels; returns (mean over depths, per depth)."""
     micros = []
     for depth, state in enumerate(kernel_states):
-        fn = jax.jit(lambda ix, s, d=depth: constraints.candidates(ix, s, d))
-        micros.append(time_runs(fn, index, state, warmup=1, repeats=repeats).min_s * 1e6)
-    return float(np.mean(micros))
+        compiled, _ = compile_timed(jax.jit(lambda ix, s, d=depth: constraints.candidates(ix, s, d)), index, state)
+        micros.append(time_runs(compiled, index, state, warmup=2, repeats=repeats).min_s * 1e6)
+    return float(np.mean(micros)), [float(m) for m in micros]
 
 
-def _beam_search_runs(index, vocab, depth, repeats):
-    """decoding.beam_search with the STATIC sparse path and without a constraint, timed alternately.
-
-    Returns (static best ms, unconstrained best ms, static first-call s, static output)."""
+def _beam_search_runner(vocab):
+    """``run(**kwargs)``: decoding.beam_search of the random-logits model (batch, beams fixed)."""
     rows = BATCH * BEAMS
     rng = np.random.default_rng(1)
     params = jnp.asarray(rng.normal(size=(32, rows, vocab)) * 3, jnp.float32)
@@ -175,6 +186,14 @@ def _beam_search_runs(index, vocab, depth, repeats):
             RandomLogitsModel(), params, cache, prompts, lengths, num_beams=BEAMS, length_penalty=0.0, **kwargs
         )
 
+    return run
+
+
+def _beam_search_runs(index, vocab, depth, repeats):
+    """decoding.beam_search with the STATIC sparse path and without a constraint, timed alternately.
+
+    Returns (static best ms, unconstrained best ms, static first-call s, static output)."""
+    run = _beam_search_runner(vocab)
     start = time.perf_counter()
     result = jax.block_until_ready(run(constraint=index))
     first_s = time.perf_counter() - start
@@ -182,8 +201,10 @@ def _beam_search_runs(index, vocab, depth, repeats):
     return static_ms, free_ms, first_s, result
 
 
-def run_setting(label, num_items, vocab, depth, repeats, with_ppv_exact=True):
-    """All methods at one (items, vocab, depth); returns table rows."""
+def run_setting(label, num_items, vocab, depth, repeats, kernel_repeats, with_ppv_exact=True, with_cpu_trie=True):
+    """All methods at one (items, vocab, depth); returns (table rows, the STATIC index).
+
+    The CPU trie runs only if ``with_cpu_trie`` and ``num_items <= CPU_TRIE_MAX_ITEMS``."""
     rng = np.random.default_rng(0)
     items = rng.integers(0, vocab, (num_items, depth), dtype=np.int32)
     table = jnp.asarray(rng.normal(size=(depth, BATCH, BEAMS, vocab)) * 3, jnp.float32)
@@ -218,7 +239,7 @@ def run_setting(label, num_items, vocab, depth, repeats, with_ppv_exact=True):
         builders.append(("PPV exact", lambda: ppv, ppv_build_s))
     builders.append((f"PPV sampled ({PPV_WINDOW})", lambda: ppv.approximate(PPV_WINDOW), ppv_build_s))
     builders.append(("Hash bitmap", lambda: build_hash_bitmap(items, vocab), None))
-    if num_items <= CPU_TRIE_MAX_ITEMS:
+    if with_cpu_trie and num_items <= CPU_TRIE_MAX_ITEMS:
         builders.append(("CPU trie", lambda: build_cpu_trie(items, vocab), None))
     for name, build, known_build_s in builders:
         method, build_s, rss = _timed_build(build)
@@ -227,7 +248,7 @@ def run_setting(label, num_items, vocab, depth, repeats, with_ppv_exact=True):
         if not rows:
             free_row = dict(base, method="Unconstrained", decode_ms=free_ms, compile_s=free_compile_s, valid=free_valid)
             rows.append(free_row)
-        kernel_repeats = 1 if name in ("CPU trie", "PPV exact") else repeats
+        slow_kernel = name in ("CPU trie", "PPV exact")  # ms per call: a few repeats suffice
         row = dict(
             base,
             method=name,
@@ -237,7 +258,7 @@ def run_setting(label, num_items, vocab, depth, repeats, with_ppv_exact=True):
             valid=valid,
             build_s=known_build_s if known_build_s is not None else build_s,
             mb_per_1m_items=nbytes / num_items,
-            **_kernel_stats(method, sample, exact_masks, kernel_repeats),
+            **_kernel_stats(method, sample, exact_masks, SLOW_KERNEL_REPEATS if slow_kernel else kernel_repeats),
         )
         rows.append(row)
         del method
@@ -245,6 +266,7 @@ def run_setting(label, num_items, vocab, depth, repeats, with_ppv_exact=True):
 
     bs_static_ms, bs_free_ms, bs_first_s, result = _beam_search_runs(index, vocab, depth, repeats)
     valid = np.asarray(_contains(exact, result.sequences)) & np.asarray(result.valid)
+    sparse_kernel_us, sparse_kernel_per_depth = _static_sparse_kernel_us(index, kernel_states, kernel_repeats)
     rows.append(dict(base, method="Unconstrained (beam_search)", decode_ms=bs_free_ms, reference_ms=bs_free_ms))
     rows.append(
         dict(
@@ -256,10 +278,56 @@ def run_setting(label, num_items, vocab, depth, repeats, with_ppv_exact=True):
             valid=float(valid.mean()),
             build_s=static_build_s,
             mb_per_1m_items=constraints.index_nbytes(index) / num_items,
-            kernel_us=_static_sparse_kernel_us(index, kernel_states, repeats),
+            kernel_us=sparse_kernel_us,
+            kernel_us_per_depth=sparse_kernel_per_depth,
         )
     )
     finalize_rows(rows, depth)
+    return rows, index
+
+
+def growth_runs(small, large, rounds):
+    """STATIC's decode time at two item counts against the unconstrained decode, all timed in
+    one interleaved round-robin (best of ``rounds`` each), on both paths.
+
+    small, large: TrieIndex with the same vocab and depth. Dense path: the harness loop with the
+    STATIC mask vs the same loop without one; sparse path: decoding.beam_search with
+    ``constraint=index`` vs beam_search without one. Returns one row per path.
+    """
+    vocab, depth = small.vocab_size, small.depth
+    table = jnp.asarray(np.random.default_rng(2).normal(size=(depth, BATCH, BEAMS, vocab)) * 3, jnp.float32)
+    kwargs = dict(logits_fn=random_logits, batch=BATCH, beams=BEAMS, steps=depth, params=table)
+    dense = {
+        name: (compile_timed(dense_beam_search, constraint=method, **kwargs)[0], method)
+        for name, method in (("free", None), ("small", StaticMask(small)), ("large", StaticMask(large)))
+    }
+    run = _beam_search_runner(vocab)
+    cases = {f"dense {name}": (lambda c=c, m=m: c(params=table, constraint=m), tuple) for name, (c, m) in dense.items()}
+    cases["sparse free"] = (lambda: run(max_new_tokens=depth), tuple)
+    cases["sparse small"] = (lambda: run(constraint=small), tuple)
+    cases["sparse large"] = (lambda: run(constraint=large), tuple)
+    best_ms = {name: m.runs.min_s * 1e3 for name, m in measure_interleaved(cases, repeats=rounds).items()}
+    rows = []
+    for path, harness in (("dense", "dense_beam_search + STATIC mask"), ("sparse", "beam_search(constraint=index)")):
+        free, at_small, at_large = (best_ms[f"{path} {k}"] for k in ("free", "small", "large"))
+        over_small, over_large = (at_small - free) / depth, (at_large - free) / depth
+        rows.append(
+            {
+                "path": path,
+                "harness": harness,
+                "small_items": small.num_items,
+                "large_items": large.num_items,
+                "unconstrained_ms": free,
+                "small_ms": at_small,
+                "large_ms": at_large,
+                "small_overhead_ms_per_step": over_small,
+                "large_overhead_ms_per_step": over_large,
+                "decode_growth": at_large / at_small,
+                # A ratio of overheads means nothing when the constrained decode is the faster one.
+                "overhead_growth": over_large / over_small if over_small > 0 and over_large > 0 else None,
+                "rounds": rounds,
+            }
+        )
     return rows
 
 
@@ -295,8 +363,15 @@ def _overhead_ratio(slow, fast):
     return slow["overhead_ms_per_step"] / fast["overhead_ms_per_step"] if fast["overhead_ms_per_step"] > 0 else None
 
 
-def goals(rows, largest):
-    """The assignment's targets, computed from this run's rows (reported whether met or not)."""
+def goals(rows, largest, growth):
+    """The assignment's targets, computed from this run's rows (reported whether met or not).
+
+    The CPU trie is built only up to ``CPU_TRIE_MAX_ITEMS``: its ratios are given at the item
+    count where it was built (``*_same_items``, apples to apples) and against STATIC at the largest
+    count (``*_static_at_largest``). Per-step ratios divide full-decode times (model included);
+    overhead ratios are left out (None) where STATIC's overhead is not positive. The growth from
+    the smallest to the largest item count comes from :func:`growth_runs` (interleaved).
+    """
     out = {}
     sparse = _pick(rows, "items", "STATIC (beam_search sparse)", items=largest)
     dense = _pick(rows, "items", "STATIC (dense mask)", items=largest)
@@ -308,26 +383,36 @@ def goals(rows, largest):
     if dense:
         out["static_dense_ratio_at_largest"] = dense["ratio"]
     cpu = [r for r in rows if r["method"] == "CPU trie" and r["setting"] == "items"]
+    if cpu:
+        cpu = max(cpu, key=lambda r: r["items"])
+        out["cpu_trie_items"] = cpu["items"]
+        for where, items in (("same_items", cpu["items"]), ("static_at_largest", largest)):
+            for label, method in (("dense", "STATIC (dense mask)"), ("sparse", "STATIC (beam_search sparse)")):
+                static = _pick(rows, "items", method, items=items)
+                if static is None:
+                    continue
+                out[f"cpu_trie_kernel_over_static_{label}_kernel_{where}"] = cpu["kernel_us"] / static["kernel_us"]
+                out[f"cpu_trie_step_over_static_{label}_step_{where}"] = cpu["decode_ms"] / static["decode_ms"]
+                out[f"cpu_trie_overhead_over_static_{label}_overhead_{where}"] = _overhead_ratio(cpu, static)
     ppv = _pick(rows, "items", "PPV exact", items=largest)
-    if dense and cpu:
-        out["cpu_trie_kernel_over_static_dense_kernel"] = cpu[-1]["kernel_us"] / dense["kernel_us"]
-        out["cpu_trie_step_over_static_dense_step"] = cpu[-1]["decode_ms"] / dense["decode_ms"]
-        out["cpu_trie_overhead_over_static_dense_overhead"] = _overhead_ratio(cpu[-1], dense)
-    if sparse and cpu:
-        out["cpu_trie_kernel_over_static_sparse_kernel"] = cpu[-1]["kernel_us"] / sparse["kernel_us"]
     if dense and ppv:
         out["ppv_exact_kernel_over_static_dense_kernel"] = ppv["kernel_us"] / dense["kernel_us"]
         out["ppv_exact_step_over_static_dense_step"] = ppv["decode_ms"] / dense["decode_ms"]
         out["ppv_exact_overhead_over_static_dense_overhead"] = _overhead_ratio(ppv, dense)
+    if ppv and sparse:
+        out["ppv_exact_kernel_over_static_sparse_kernel"] = ppv["kernel_us"] / sparse["kernel_us"]
+        out["ppv_exact_step_over_static_sparse_step"] = ppv["decode_ms"] / sparse["decode_ms"]
     small = _pick(rows, "items", "STATIC (dense mask)", items=smallest)
     if dense and small:
         out["static_dense_kernel_growth_smallest_to_largest"] = dense["kernel_us"] / small["kernel_us"]
-        out["static_dense_overhead_growth_smallest_to_largest"] = (
-            dense["overhead_ms_per_step"] / small["overhead_ms_per_step"] if small["overhead_ms_per_step"] > 0 else None
-        )
     small_sparse = _pick(rows, "items", "STATIC (beam_search sparse)", items=smallest)
     if sparse and small_sparse:
         out["static_sparse_kernel_growth_smallest_to_largest"] = sparse["kernel_us"] / small_sparse["kernel_us"]
+    for row in growth:
+        out[f"static_{row['path']}_decode_growth_interleaved"] = row["decode_growth"]
+        out[f"static_{row['path']}_overhead_growth_interleaved"] = row["overhead_growth"]
+        out[f"static_{row['path']}_overhead_ms_per_step_smallest"] = row["small_overhead_ms_per_step"]
+        out[f"static_{row['path']}_overhead_ms_per_step_largest"] = row["large_overhead_ms_per_step"]
     return out
 
 
@@ -372,30 +457,59 @@ def main(argv=None):
     parser.add_argument("--plot", metavar="PATH.png", default=None, help="PNG: decode / unconstrained vs items, vocab")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--ppv-exact-max-vocab", type=int, default=4096, help="skip exact PPV above this vocab (slow)")
+    parser.add_argument("--growth-rounds", type=int, default=30, help="interleaved rounds of the growth measurement")
     args = parser.parse_args(argv)
     if args.quick:
-        item_counts, vocabs, tiger_items, repeats = [10_000, 100_000], [256], 10_000, 3
+        item_counts, vocabs, tiger_items, repeats, kernel_repeats = [10_000, 100_000], [256], 10_000, 3, 30
+        growth_rounds = 10
     else:
         item_counts = [int(float(x)) for x in args.items.split(",")] + ([100_000_000] if args.with_1e8 else [])
         vocabs = [int(x) for x in args.vocabs.split(",") if x.strip()]
-        tiger_items, repeats = 1_000_000, args.repeats
-    largest = max(item_counts)
-    rows = []
+        tiger_items, repeats, kernel_repeats, growth_rounds = 1_000_000, args.repeats, 100, args.growth_rounds
+    largest, smallest = max(item_counts), min(item_counts)
+    rows, growth, load = [], [], {}
+
+    def timed_setting(title, *setting_args, **setting_kwargs):
+        start = time.perf_counter()
+        setting_rows, index = run_setting(*setting_args, **setting_kwargs)
+        load[title] = os.getloadavg()[0]
+        print_table(setting_rows, COLUMNS, title=f"{title} ({time.perf_counter() - start:.1f} s, load {load[title]:.2f})")
+        return setting_rows, index
+
+    kept = {}  # the STATIC indexes at the smallest and largest item counts, for growth_runs
     for n in item_counts:
-        rows += run_setting("items", n, 2048, 8, repeats)
-        print_table([r for r in rows if r["items"] == n], COLUMNS, title=f"items={n:.0e}, V=2048, L=8")
+        setting_rows, index = timed_setting(f"items={n:.0e}, V=2048, L=8", "items", n, 2048, 8, repeats, kernel_repeats)
+        rows += setting_rows
+        if n in (smallest, largest):
+            kept[n] = index
+        del index
+    if len(kept) == 2:
+        growth = growth_runs(kept[smallest], kept[largest], growth_rounds)
+        load["growth"] = os.getloadavg()[0]
+        print_table(growth, title=f"growth {smallest:.0e} -> {largest:.0e} items, interleaved (load {load['growth']:.2f})")
+    kept.clear()
+    # --quick times the two slow baselines (exact PPV, CPU trie) in the items sweep only.
+    slow = not args.quick
     for vocab in vocabs:
-        rows += run_setting("vocab", largest, vocab, 8, repeats, with_ppv_exact=vocab <= args.ppv_exact_max_vocab)
-        print_table([r for r in rows if r["setting"] == "vocab" and r["vocab"] == vocab], COLUMNS, title=f"V={vocab}")
-    rows += run_setting("tiger", tiger_items, 256, 4, repeats)
+        exact_ok = slow and vocab <= args.ppv_exact_max_vocab
+        rows += timed_setting(f"V={vocab}", "vocab", largest, vocab, 8, repeats, kernel_repeats, exact_ok, slow)[0]
+    rows += timed_setting("tiger", "tiger", tiger_items, 256, 4, repeats, kernel_repeats, slow, slow)[0]
     # The sweep over vocab also holds the V=2048 point of the items sweep.
     rows += [dict(row, setting="vocab") for row in rows if row["setting"] == "items" and row["items"] == largest]
     print_table(rows, COLUMNS, title="all settings")
-    summary = goals(rows, largest)
+    kernel_rows = [
+        {"setting": r["setting"], "items": r["items"], "vocab": r["vocab"], "method": r["method"]}
+        | {f"d{d}": us for d, us in enumerate(r["kernel_us_per_depth"])}
+        for r in rows
+        if r["setting"] == "items" and "kernel_us_per_depth" in r
+    ]
+    print_table(kernel_rows, title="kernel us per depth ([batch, beams] states, best of the kernel repeats)")
+    summary = goals(rows, largest, growth)
     print("\n== goals (measured, met or not)")
     for key, value in summary.items():
         print(f"  {key}: {value if value is None else f'{value:.4g}'}")
-    write_json(args.json, {"rows": rows, "goals": summary, "batch": BATCH, "beams": BEAMS})
+    payload = {"rows": rows, "growth": growth, "goals": summary, "batch": BATCH, "beams": BEAMS, "load_1min": load}
+    write_json(args.json, payload)
     if args.plot:
         plot(rows, args.plot)
 

@@ -276,3 +276,29 @@ def test_bad_knobs_are_rejected():
         build_hash_bitmap(items, VOCAB, bits_per_entry=0)
     with pytest.raises(ValueError, match="num_hashes"):
         build_hash_bitmap(items, VOCAB, num_hashes=7)
+
+
+def test_wide_candidate_rows_match_brute_force_including_the_last_row():
+    """constraints.candidates on rows >= 32 wide (read as contiguous windows), up to the very last
+    row of the edge array (its window is clamped at the end and shifted back), plus dead and
+    complete states: tokens, next states and valid slots against brute force."""
+    import constraints
+
+    vocab = 48
+    children = {0: range(5), 2: range(3, 43), 7: [1], 9: range(47, 13, -1)}  # rows 5, 40, 1, 34 wide
+    items = np.array([[first, b] for first, seconds in children.items() for b in seconds], np.int32)
+    index = build_fixed_length_index(items, vocab)
+    width = index.max_branching[1]
+    assert width >= 32  # the window path
+    firsts = [0, 2, 7, 9]
+    states = jax.vmap(lambda t: constraints.advance(index, jnp.int32(0), t))(jnp.array(firsts))
+    states = jnp.concatenate([states, jnp.array([constraints.DEAD_STATE, index.num_states - 1], jnp.int32)])
+    tokens, next_states, valid = jax.jit(lambda s: constraints.candidates(index, s, 1))(states)
+    tokens, next_states, valid = map(np.asarray, (tokens, next_states, valid))
+    for row, first in enumerate(firsts + [None, None]):
+        expected = [] if first is None else sorted(_next_tokens(items, np.array([first])))
+        assert valid[row].sum() == len(expected)
+        np.testing.assert_array_equal(tokens[row, : len(expected)], expected)
+        assert (tokens[row, len(expected) :] == -1).all() and (next_states[row, len(expected) :] == -1).all()
+        for token, state in zip(expected, next_states[row, : len(expected)]):
+            assert int(state) == int(constraints.advance(index, states[row], token))
