@@ -42,8 +42,10 @@ class Verdict:
 
 
 def leading_true(flags: jax.Array) -> jax.Array:  # bool [batch, k] -> int32 [batch]
-    """The number of leading True entries of each row."""
-    return jnp.sum(jnp.cumprod(flags.astype(jnp.int32), axis=-1), axis=-1).astype(jnp.int32)
+    """The number of leading True entries of each row: the index of its first False (one
+    reduction, no cumulative product)."""
+    k = flags.shape[-1]
+    return jnp.min(jnp.where(flags, k, jnp.arange(k, dtype=jnp.int32)), axis=-1, initial=k).astype(jnp.int32)
 
 
 def greedy_accept(
@@ -145,6 +147,10 @@ def token_log_probs(
     logits: jax.Array,  # float32 [..., vocab]
     tokens: jax.Array,  # int32 [...]
 ) -> jax.Array:  # float32 [...]
-    """The model's (unprocessed) log_softmax at ``tokens``: what the outputs report."""
-    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return jnp.take_along_axis(log_p, tokens[..., None], axis=-1)[..., 0]
+    """The model's (unprocessed) log_softmax at ``tokens``: what the outputs report. Computed as
+    ``jax.nn.log_softmax`` does (shift by the max, subtract the log-sum-exp), but the subtraction
+    runs only at the chosen tokens, not over the whole vocabulary."""
+    logits = logits.astype(jnp.float32)
+    shifted = logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    log_total = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1))
+    return jnp.take_along_axis(shifted, tokens[..., None], axis=-1)[..., 0] - log_total

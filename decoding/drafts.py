@@ -171,10 +171,11 @@ class ModelDraft:
 
         def draw(logits, cstate, j):
             scores = masked_scores(logits, constraint, cstate)
-            log_q = sampler.log_probs(scores)
-            if isinstance(sampler, Greedy):  # no random numbers to draw
+            if isinstance(sampler, Greedy):  # q is one-hot on the argmax: no softmax, no random numbers
                 token = jnp.argmax(scores, axis=-1).astype(jnp.int32)
+                log_q = jnp.where(jax.nn.one_hot(token, scores.shape[-1], dtype=bool), 0.0, NEG_INF)
             else:
+                log_q = sampler.log_probs(scores)
                 token = sample_rows(jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, j), log_q)
             return token, log_q, advance_constraint(constraint, cstate, token)
 
@@ -284,25 +285,34 @@ class PromptLookupDraft:
         context = context.at[jnp.arange(batch), prompt_lengths].set(first_tokens.astype(jnp.int32))
         return LookupState(context=context, length=prompt_lengths.astype(jnp.int32) + 1)
 
-    def lookup(self, state: LookupState, num_tokens: int) -> jax.Array:  # int32 [batch, k]
-        """The proposed tokens (see the class docstring)."""
-        batch, width = state.context.shape
+    def _latest_match(self, state: LookupState) -> jax.Array:  # int32 [batch]
+        """Where the most recent earlier occurrence of each row's last ``ngram`` tokens starts
+        (-1: none)."""
+        width = state.context.shape[1]
         n = self.ngram
-        starts = jnp.arange(width - n + 1)
-        # windows[b, s, i] = context[b, s + i]
-        windows = jnp.stack([state.context[:, i : width - n + 1 + i] for i in range(n)], axis=-1)
+        starts = jnp.arange(width - n + 1, dtype=jnp.int32)
         tail_at = jnp.maximum(state.length[:, None] - n + jnp.arange(n)[None, :], 0)
         tail = jnp.take_along_axis(state.context, tail_at, axis=1)  # [batch, n]
         # An occurrence must end before the last token, so at least one token follows it.
-        matches = jnp.all(windows == tail[:, None, :], axis=-1) & (starts[None, :] + n < state.length[:, None])
-        matches = matches & (state.length[:, None] > n)
-        found = jnp.any(matches, axis=1)
-        follow = jnp.max(jnp.where(matches, starts[None, :], -1), axis=1) + n  # [batch]
+        matches = (starts[None, :] + n < state.length[:, None]) & (state.length[:, None] > n)  # [batch, starts]
+        for i in range(n):  # context[b, s + i] == tail[b, i], as shifted slices (one fused compare)
+            matches = matches & (state.context[:, i : width - n + 1 + i] == tail[:, i : i + 1])
+        return jnp.max(jnp.where(matches, starts[None, :], -1), axis=1)
+
+    def matched(self, state: LookupState) -> jax.Array:  # bool [batch]
+        """Whether each row's last ``ngram`` tokens occurred earlier (else the proposal just
+        repeats the last token)."""
+        return self._latest_match(state) >= 0
+
+    def lookup(self, state: LookupState, num_tokens: int) -> jax.Array:  # int32 [batch, k]
+        """The proposed tokens (see the class docstring)."""
+        latest = self._latest_match(state)
+        follow = latest + self.ngram  # [batch]
         available = jnp.maximum(state.length - follow, 1)
         steps = jnp.arange(num_tokens)[None, :]
         copied = jnp.take_along_axis(state.context, follow[:, None] + steps % available[:, None], axis=1)
         last = jnp.take_along_axis(state.context, (state.length - 1)[:, None], axis=1)
-        return jnp.where(found[:, None], copied, last).astype(jnp.int32)
+        return jnp.where((latest >= 0)[:, None], copied, last).astype(jnp.int32)
 
     def propose(
         self,

@@ -11,6 +11,9 @@ One jit-compiled ``lax.while_loop``. Each round, for every row:
 4. rejected entries are rolled back by lowering the caches' per-row lengths (nothing is
    copied or realigned): rows advance by their own counts.
 
+Greedy with prompt lookup skips useless verifications: a round in which no active row's
+n-gram occurred earlier runs a one-token greedy step instead (same tokens, a cheaper call).
+
 Greedy output is token-identical to :func:`decoding.generate.generate` with ``Greedy()``;
 sampled output follows the target's processed distribution exactly (Leviathan/Chen rule).
 With a constraint the draft and the target are masked by the same automaton states, so the
@@ -194,10 +197,43 @@ def _record(
     )
 
 
+def _verify_drafts(target, params, constraint, settings: Settings, cache, pending, drafts, draft_log_probs, states, keys):
+    """The target reads ``[pending, drafts]`` in one call and the acceptance rule judges them.
+    Returns the verdict, the target log-probabilities of the emitted tokens (float32 [batch,
+    k + 1]) and the cache."""
+    batch, k = drafts.shape
+    verify = jnp.concatenate([pending[:, None], drafts], axis=1)
+    logits, cache = target(params, verify, cache, jnp.full((batch,), k + 1, jnp.int32))
+    logits = logits.astype(jnp.float32)
+    scores = masked_scores(logits, constraint, states)
+    rows = sharding.ROWS
+    knobs = jax.tree.map(lambda x: rows if np.ndim(x) else sharding.REPLICATED, settings.sampler)
+    verdict = sharding.per_device(_verify, in_specs=(knobs, rows, rows, rows, rows), out_specs=rows)(
+        settings.sampler, keys, drafts, draft_log_probs, scores
+    )
+    return verdict, token_log_probs(logits, emitted_tokens(drafts, verdict)), cache
+
+
+def _greedy_step(target, params, constraint, cache, pending, states, k: int):
+    """A plain greedy step in the verification's place: the target reads ``pending`` alone and
+    every draft counts as rejected (``num_accepted = 0``). Returns what :func:`_verify_drafts`
+    does; log-probabilities past the first position are 0 (never recorded)."""
+    batch = pending.shape[0]
+    logits, cache = target(params, pending[:, None], cache, jnp.ones((batch,), jnp.int32))
+    logits = logits[:, 0].astype(jnp.float32)
+    token = jnp.argmax(masked_scores(logits, constraint, states[:, 0]), axis=-1).astype(jnp.int32)
+    verdict = Verdict(num_accepted=jnp.zeros((batch,), jnp.int32), next_token=token)
+    log_probs = jnp.zeros((batch, k + 1), jnp.float32).at[:, 0].set(token_log_probs(logits, token))
+    return verdict, log_probs, cache
+
+
 def _round(target, params, draft, constraint, settings: Settings, k: int, carry: Carry) -> Carry:
-    """One draft-verify-accept round for every row (rows already done emit nothing)."""
+    """One draft-verify-accept round for every row (rows already done emit nothing).
+
+    Greedy with prompt lookup: when no active row's n-gram occurred earlier (its proposal is
+    just the last token repeated), the round is a plain one-token greedy step instead of a
+    ``k + 1``-token verification (a ``lax.cond``; the output is the same, the call cheaper)."""
     book, tgt = carry.book, carry.target
-    batch = book.lengths.shape[0]
     active = ~book.done
     keys = _round_keys(settings, book.round + 1)
     draft_state, drafts, draft_log_probs = draft.propose(
@@ -205,16 +241,17 @@ def _round(target, params, draft, constraint, settings: Settings, k: int, carry:
     )
     states = states_along(constraint, tgt.constraint_state, drafts)  # [batch, k + 1]
 
-    verify = jnp.concatenate([tgt.pending[:, None], drafts], axis=1)
     start = tgt.cache.lengths
-    logits, cache = target(params, verify, tgt.cache, jnp.full((batch,), k + 1, jnp.int32))
-    logits = logits.astype(jnp.float32)
-    scores = masked_scores(logits, constraint, states)
-    rows = sharding.ROWS
-    knobs = jax.tree.map(lambda x: rows if np.ndim(x) else sharding.REPLICATED, settings.sampler)
-    verdict = sharding.per_device(_verify, in_specs=(knobs, rows, rows, rows, rows), out_specs=rows)(
-        settings.sampler, keys[:, 1], drafts, draft_log_probs, scores
-    )
+    verify = functools.partial(_verify_drafts, target, params, constraint, settings)
+    if isinstance(settings.sampler, Greedy) and isinstance(draft, PromptLookupDraft):
+        verdict, emitted_log_probs, cache = jax.lax.cond(
+            jnp.any(draft.matched(carry.draft) & active),
+            lambda cache: verify(cache, tgt.pending, drafts, draft_log_probs, states, keys[:, 1]),
+            lambda cache: _greedy_step(target, params, constraint, cache, tgt.pending, states, k),
+            tgt.cache,
+        )
+    else:
+        verdict, emitted_log_probs, cache = verify(tgt.cache, tgt.pending, drafts, draft_log_probs, states, keys[:, 1])
 
     emitted = emitted_tokens(drafts, verdict)  # [batch, k + 1]
     n = verdict.num_accepted
@@ -228,9 +265,7 @@ def _round(target, params, draft, constraint, settings: Settings, k: int, carry:
     num_emitted = jnp.where(active, num_emitted, 0)
     last = jnp.maximum(num_emitted - 1, 0)[:, None]
 
-    new_book = _record(
-        book, settings, emitted, token_log_probs(logits, emitted), num_emitted, first_stop < num_emitted, active
-    )
+    new_book = _record(book, settings, emitted, emitted_log_probs, num_emitted, first_stop < num_emitted, active)
     return Carry(
         target=TargetState(
             cache=cache.replace(lengths=start + num_emitted),

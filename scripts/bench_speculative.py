@@ -16,7 +16,8 @@ Every case goes through the public entry points, which validate on the host and 
 so compile time is the first call's excess over a warm call. The timed calls of all cases of
 one batch size are interleaved (``_bench_common.measure_interleaved``), so load drift on a
 shared machine hits them alike; ``speedup`` compares best-of-N times, ``speedup_med`` medians.
-Each timed call gets fresh caches (they are donated), built outside the timed region.
+Each timed call gets fresh caches (they are donated), built outside the timed region, each as
+small as its case needs: longest prompt + new tokens (+ k + 1 for speculative decoding).
 
 Peer (optional): ``--peer-python`` names an interpreter with torch + transformers; the pair is
 exported as HF Llama checkpoints and timed with transformers ``generate`` at batch 1 (greedy,
@@ -113,15 +114,16 @@ def bench_batch(pair: Pair, batch: int, ks: tuple[int, ...], args) -> tuple[list
     timed calls interleaved; plus (prompts, lengths, greedy tokens) of this batch."""
     prompts, lengths = heldout_prompts(batch, args.prompt_len)
     new = args.new_tokens
-    capacity = args.prompt_len + new + max(args.ks) + 1
-    fresh_target_cache = lambda: init_cache(pair.target.config, batch, capacity)  # noqa: E731
-    drafts = {  # method name -> a fresh draft source (ModelDraft carries its own cache)
-        "spec-model": lambda: ModelDraft(pair.draft, pair.draft_params, init_cache(pair.draft.config, batch, capacity)),
-        "spec-lookup": lambda: PromptLookupDraft(ngram=args.ngram, vocab_size=pair.target.config.vocab_size),
+    # Caches as small as each case needs (attention reads the whole capacity): the longest prompt
+    # plus the new tokens, plus k + 1 for the entries a verification writes past the last token.
+    needed = int(lengths.max()) + new
+    drafts = {  # method name -> a fresh draft source of capacity c (ModelDraft carries its own cache)
+        "spec-model": lambda c: ModelDraft(pair.draft, pair.draft_params, init_cache(pair.draft.config, batch, c)),
+        "spec-lookup": lambda c: PromptLookupDraft(ngram=args.ngram, vocab_size=pair.target.config.vocab_size),
     }
     cases = {("greedy", 0): (
         lambda cache: generate(pair.target, pair.target_params, cache, prompts, lengths, max_new_tokens=new),
-        lambda: (fresh_target_cache(),),
+        lambda: (init_cache(pair.target.config, batch, needed),),
     )}
     for k in ks:
         for method, make_draft in drafts.items():
@@ -132,7 +134,11 @@ def bench_batch(pair: Pair, batch: int, ks: tuple[int, ...], args) -> tuple[list
                     draft=draft, num_draft_tokens=k, max_new_tokens=new,
                 )
 
-            cases[(method, k)] = (call, lambda make_draft=make_draft: (fresh_target_cache(), make_draft()))
+            capacity = needed + k + 1
+            cases[(method, k)] = (
+                call,
+                lambda make_draft=make_draft, c=capacity: (init_cache(pair.target.config, batch, c), make_draft(c)),
+            )
     by_name = measure_interleaved({f"{method}/k={k}": case for (method, k), case in cases.items()}, args.repeats)
     measured = {(method, k): by_name[f"{method}/k={k}"] for method, k in cases}
 
