@@ -13,12 +13,19 @@ disturbed run is the estimate): decode_ms (full decode), reference_ms (the uncon
 of the same harness: timed alternately with every method of the setting, best of all those
 runs), overhead_ms_per_step and ratio
 (against reference_ms), kernel_us (the mask kernel alone on [2, 70] states at real item
-prefixes, jitted, warm, mean over depths; for the sparse row, ``constraints.candidates``),
+prefixes, compiled ahead, warm, best of 100 calls (--quick: 30; CPU trie and exact PPV: 3) per
+depth, mean over depths; per depth in the JSON and a table; for the sparse row,
+``constraints.candidates``),
 mb_per_1m_items (device arrays; the CPU trie: resident memory growth while building),
 build_s, compile_s (apart; for beam_search rows first_call_s: the first call, compile
 included), valid (fraction of the 140 outputs that are items), mask_recall and fp_per_state
 (against the exact mask, at the same states). The CPU trie is built only up to
-``CPU_TRIE_MAX_ITEMS`` items (a dict-of-dicts takes ~1.8 GB per 1M items of L = 8).
+``CPU_TRIE_MAX_ITEMS`` items (a dict-of-dicts takes ~1.8 GB per 1M items of L = 8); the goals
+compare it with STATIC at that item count and at the largest. Growth from the smallest to the
+largest item count is timed apart (:func:`growth_runs`: both indexes and the unconstrained decode
+interleaved, best of ``--growth-rounds``), for the dense and the sparse path. ``--quick`` runs
+1e4 and 1e5 items, V = 256 and the TIGER-like setting, the slow baselines (exact PPV, CPU trie)
+in the items sweep only. Each setting's title gives its wall time and the 1-minute load average.
 
     python scripts/bench_constraints.py --quick
     python scripts/bench_constraints.py --items 1e5,1e6,1e7 --json out.json --plot out.png
@@ -473,7 +480,8 @@ def main(argv=None):
         start = time.perf_counter()
         setting_rows, index = run_setting(*setting_args, **setting_kwargs)
         load[title] = os.getloadavg()[0]
-        print_table(setting_rows, COLUMNS, title=f"{title} ({time.perf_counter() - start:.1f} s, load {load[title]:.2f})")
+        elapsed = time.perf_counter() - start
+        print_table(setting_rows, COLUMNS, title=f"{title} ({elapsed:.1f} s, load {load[title]:.2f})")
         return setting_rows, index
 
     kept = {}  # the STATIC indexes at the smallest and largest item counts, for growth_runs
@@ -486,7 +494,8 @@ def main(argv=None):
     if len(kept) == 2:
         growth = growth_runs(kept[smallest], kept[largest], growth_rounds)
         load["growth"] = os.getloadavg()[0]
-        print_table(growth, title=f"growth {smallest:.0e} -> {largest:.0e} items, interleaved (load {load['growth']:.2f})")
+        title = f"growth {smallest:.0e} -> {largest:.0e} items, interleaved (load {load['growth']:.2f})"
+        print_table(growth, title=title)
     kept.clear()
     # --quick times the two slow baselines (exact PPV, CPU trie) in the items sweep only.
     slow = not args.quick
