@@ -299,11 +299,6 @@ class PromptLookupDraft:
             matches = matches & (state.context[:, i : width - n + 1 + i] == tail[:, i : i + 1])
         return jnp.max(jnp.where(matches, starts[None, :], -1), axis=1)
 
-    def matched(self, state: LookupState) -> jax.Array:  # bool [batch]
-        """Whether each row's last ``ngram`` tokens occurred earlier (else the proposal just
-        repeats the last token)."""
-        return self._latest_match(state) >= 0
-
     def lookup(self, state: LookupState, num_tokens: int) -> jax.Array:  # int32 [batch, k]
         """The proposed tokens (see the class docstring)."""
         latest = self._latest_match(state)

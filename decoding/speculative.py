@@ -11,9 +11,6 @@ One jit-compiled ``lax.while_loop``. Each round, for every row:
 4. rejected entries are rolled back by lowering the caches' per-row lengths (nothing is
    copied or realigned): rows advance by their own counts.
 
-Greedy with prompt lookup skips useless verifications: a round in which no active row's
-n-gram occurred earlier runs a one-token greedy step instead (same tokens, a cheaper call).
-
 Greedy output is token-identical to :func:`decoding.generate.generate` with ``Greedy()``;
 sampled output follows the target's processed distribution exactly (Leviathan/Chen rule).
 With a constraint the draft and the target are masked by the same automaton states, so the
@@ -214,25 +211,8 @@ def _verify_drafts(target, params, constraint, settings: Settings, cache, pendin
     return verdict, token_log_probs(logits, emitted_tokens(drafts, verdict)), cache
 
 
-def _greedy_step(target, params, constraint, cache, pending, states, k: int):
-    """A plain greedy step in the verification's place: the target reads ``pending`` alone and
-    every draft counts as rejected (``num_accepted = 0``). Returns what :func:`_verify_drafts`
-    does; log-probabilities past the first position are 0 (never recorded)."""
-    batch = pending.shape[0]
-    logits, cache = target(params, pending[:, None], cache, jnp.ones((batch,), jnp.int32))
-    logits = logits[:, 0].astype(jnp.float32)
-    token = jnp.argmax(masked_scores(logits, constraint, states[:, 0]), axis=-1).astype(jnp.int32)
-    verdict = Verdict(num_accepted=jnp.zeros((batch,), jnp.int32), next_token=token)
-    log_probs = jnp.zeros((batch, k + 1), jnp.float32).at[:, 0].set(token_log_probs(logits, token))
-    return verdict, log_probs, cache
-
-
 def _round(target, params, draft, constraint, settings: Settings, k: int, carry: Carry) -> Carry:
-    """One draft-verify-accept round for every row (rows already done emit nothing).
-
-    Greedy with prompt lookup: when no active row's n-gram occurred earlier (its proposal is
-    just the last token repeated), the round is a plain one-token greedy step instead of a
-    ``k + 1``-token verification (a ``lax.cond``; the output is the same, the call cheaper)."""
+    """One draft-verify-accept round for every row (rows already done emit nothing)."""
     book, tgt = carry.book, carry.target
     active = ~book.done
     keys = _round_keys(settings, book.round + 1)
@@ -242,16 +222,9 @@ def _round(target, params, draft, constraint, settings: Settings, k: int, carry:
     states = states_along(constraint, tgt.constraint_state, drafts)  # [batch, k + 1]
 
     start = tgt.cache.lengths
-    verify = functools.partial(_verify_drafts, target, params, constraint, settings)
-    if isinstance(settings.sampler, Greedy) and isinstance(draft, PromptLookupDraft):
-        verdict, emitted_log_probs, cache = jax.lax.cond(
-            jnp.any(draft.matched(carry.draft) & active),
-            lambda cache: verify(cache, tgt.pending, drafts, draft_log_probs, states, keys[:, 1]),
-            lambda cache: _greedy_step(target, params, constraint, cache, tgt.pending, states, k),
-            tgt.cache,
-        )
-    else:
-        verdict, emitted_log_probs, cache = verify(tgt.cache, tgt.pending, drafts, draft_log_probs, states, keys[:, 1])
+    verdict, emitted_log_probs, cache = _verify_drafts(
+        target, params, constraint, settings, tgt.cache, tgt.pending, drafts, draft_log_probs, states, keys[:, 1]
+    )
 
     emitted = emitted_tokens(drafts, verdict)  # [batch, k + 1]
     n = verdict.num_accepted
