@@ -290,6 +290,8 @@ class PromptLookupDraft:
         (-1: none)."""
         width = state.context.shape[1]
         n = self.ngram
+        if n >= width:  # the context buffer cannot hold an n-gram plus a following token
+            return jnp.full(state.length.shape, -1, jnp.int32)
         starts = jnp.arange(width - n + 1, dtype=jnp.int32)
         tail_at = jnp.maximum(state.length[:, None] - n + jnp.arange(n)[None, :], 0)
         tail = jnp.take_along_axis(state.context, tail_at, axis=1)  # [batch, n]

@@ -59,7 +59,10 @@ from decoding.samplers import Greedy
 class SpeculativeStats:
     """Acceptance statistics of one :func:`speculative_generate` call."""
 
-    accepted: jax.Array  # int32 [batch, width]  drafts kept in each round; -1 where the row sat out
+    # int32 [batch, width]  drafts the target accepted in each round; -1 where the row sat out.
+    # This is verification's count: a row's last round may emit fewer tokens, because the
+    # output is cut at EOS or the row's limit (``lengths`` counts what was emitted).
+    accepted: jax.Array
     rounds: jax.Array  # int32 [batch]  verification rounds each row took part in
 
     def target_calls(self) -> jax.Array:  # int32 []

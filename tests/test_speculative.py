@@ -99,6 +99,9 @@ def test_model_draft_matches_generate(reference, k):
         accepted = np.asarray(out.stats.accepted)
         active = accepted >= 0
         assert (active.sum(axis=1) == np.asarray(out.stats.rounds)).all()
+        # Verification's counts bound what was emitted: at most accepted + 1 tokens per round.
+        bound = 1 + np.where(active, accepted, 0).sum(axis=1) + np.asarray(out.stats.rounds)
+        assert (np.asarray(out.lengths) <= np.maximum(bound, 0)).all()
         if name == "same":  # the draft's cache is rolled back right, so it always agrees
             assert (accepted[active] == k).all()
         if name == "random":
@@ -110,10 +113,18 @@ def test_prompt_lookup_matches_generate(reference, k):
     _assert_same_as_reference(_speculative(PromptLookupDraft(ngram=2, vocab_size=VOCAB), k), reference)
 
 
-def test_batch_one_and_eight_match_generate(reference):
-    _assert_same_as_reference(_speculative("perturbed", 1, rows=slice(0, 1)), reference, slice(0, 1))
-    lookup = PromptLookupDraft(ngram=1, vocab_size=VOCAB)
-    _assert_same_as_reference(_speculative(lookup, 5, rows=slice(8, 16)), reference, slice(8, 16))
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_batch_one_and_eight_match_generate(reference, k):
+    for rows in (slice(0, 1), slice(8, 16)):
+        _assert_same_as_reference(_speculative("perturbed", k, rows=rows), reference, rows)
+        lookup = PromptLookupDraft(ngram=1 if k == 5 else 2, vocab_size=VOCAB)
+        _assert_same_as_reference(_speculative(lookup, k, rows=rows), reference, rows)
+
+
+def test_ngram_longer_than_the_context_never_matches(reference):
+    """An n-gram that cannot fit the context buffer finds no match (the last token is proposed),
+    and the output is still greedy's."""
+    _assert_same_as_reference(_speculative(PromptLookupDraft(ngram=64, vocab_size=VOCAB), 3), reference)
 
 
 def test_prompt_lookup_on_a_periodic_target_accepts_every_draft():
