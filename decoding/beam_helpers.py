@@ -207,11 +207,31 @@ def prepare_inputs(
     )
 
 
+def first_occurrences(
+    tokens: jax.Array,  # int32 [batch, beams, width]
+    lengths: jax.Array,  # int32 [batch, beams]
+    valid: jax.Array,  # bool [batch, beams]
+) -> jax.Array:  # bool [batch, beams]
+    """``valid`` minus every hypothesis that repeats an earlier valid one (same length, same
+    tokens up to it). Diverse beam search's groups can reach the same sequence; a top-K list
+    names each item once."""
+    inside = jnp.arange(tokens.shape[-1]) < lengths[..., None]
+    seen = jnp.where(inside, tokens, -1)
+    same = jnp.all(seen[:, :, None, :] == seen[:, None, :, :], axis=-1)
+    same &= lengths[:, :, None] == lengths[:, None, :]
+    beams = tokens.shape[1]
+    earlier = jnp.arange(beams)[None, :] < jnp.arange(beams)[:, None]  # [i, j]: j before i
+    return valid & ~jnp.any(same & earlier[None] & valid[:, None, :], axis=-1)
+
+
 def to_output(final: dict[str, jax.Array], pad_id: jax.Array) -> BeamSearchOutput:
-    """Sorts hypotheses ``[batch, beams]`` best first (stably) and blanks the invalid ones."""
+    """Sorts hypotheses ``[batch, beams]`` best first (stably), drops repeats of a better
+    hypothesis, and blanks the invalid ones (sorted last)."""
     order = jnp.argsort(-final["scores"], axis=1, stable=True)
     final = gather_beams(final, order)
-    valid = jnp.isfinite(final["scores"])
+    valid = first_occurrences(final["tokens"], final["lengths"], jnp.isfinite(final["scores"]))
+    final = gather_beams(final, jnp.argsort(~valid, axis=1, stable=True))
+    valid = -jnp.sort(-valid.astype(jnp.int32), axis=1) > 0
     return BeamSearchOutput(
         sequences=jnp.where(valid[..., None], final["tokens"], pad_id),
         lengths=jnp.where(valid, final["lengths"], 0),

@@ -9,8 +9,10 @@ ranks its continuations by
 The penalty only steers which live continuations a group keeps at this step (as in the paper,
 it is not added to the sequence's score). Each group keeps its own finished pool of
 ``num_beams / G`` hypotheses ranked by the usual length-penalized model score; the outputs of
-all groups are then sorted together, best first. With ``diversity_strength = 0`` every group
-is an ordinary beam search with ``num_beams / G`` beams.
+all groups are then sorted together, best first; a hypothesis that several groups reached is
+reported once (its repeats come back invalid, sorted last), so a top-K list never names an
+item twice. With ``diversity_strength = 0`` every group is an ordinary beam search with
+``num_beams / G`` beams.
 
 Worked example (``BigramModel()``, ``counting_params(6)``: the top token after t is t+1 with
 log-prob ``-p``, every other token ``-10 - p``)::
@@ -20,7 +22,7 @@ log-prob ``-p``, every other token ``-10 - p``)::
     group 1, step 0: "2" would score -p - strength; with strength = 20, "0" (-10-p) wins
     step 1 (both groups have 1 beam; "3" and "1" were not chosen before): "2 3", "0 1"
     out.sequences = [[[2, 3], [0, 1]]], out.log_probs = [[-2p, -10-2p]]
-    with strength = 0 both groups say [2, 3].
+    with strength = 0 both groups say [2, 3]: out.sequences = [[[2, 3], [0, 0]]], valid [[True, False]].
 
 ``tests/test_diverse_beam_search.py`` replays this example.
 """

@@ -25,12 +25,16 @@ def test_worked_example_and_penalty_threshold():
     """Module docstring: group 1 avoids "2" once the penalty exceeds the log-prob gap of 10."""
     p = float(np.log1p(5 * np.exp(-10.0)))
     kwargs = dict(num_beams=2, num_groups=2, max_new_tokens=2, length_penalty=0.0)
-    for strength, second in ((20.0, [0, 1]), (11.0, [0, 1]), (9.0, [2, 3]), (0.0, [2, 3])):
+    for strength in (20.0, 11.0):
         out = run(BigramModel(), counting_params(6), [[1]], [1], diversity_strength=strength, **kwargs)
-        np.testing.assert_array_equal(out.sequences[0], [[2, 3], second])
-        expected_second = -2 * p if second == [2, 3] else -10 - 2 * p
-        np.testing.assert_allclose(out.log_probs[0], [-2 * p, expected_second], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(out.sequences[0], [[2, 3], [0, 1]])
+        np.testing.assert_allclose(out.log_probs[0], [-2 * p, -10 - 2 * p], rtol=1e-5, atol=1e-6)
         assert np.all(out.valid)
+    for strength in (9.0, 0.0):  # below the gap group 1 also picks 2 3: a repeat, reported once
+        out = run(BigramModel(), counting_params(6), [[1]], [1], diversity_strength=strength, **kwargs)
+        np.testing.assert_array_equal(out.sequences[0], [[2, 3], [0, 0]])
+        assert np.asarray(out.valid[0]).tolist() == [True, False]
+        np.testing.assert_allclose(out.log_probs[0, 0], -2 * p, rtol=1e-5, atol=1e-6)
 
 
 def test_groups_differ_at_every_step():
@@ -45,16 +49,28 @@ def test_groups_differ_at_every_step():
 
 def test_zero_strength_is_ordinary_beam_search_per_group():
     """Strength 0: each of the 2 groups is ordinary beam search with 3 beams, so every
-    hypothesis comes twice (adjacent after the stable sort)."""
+    hypothesis is found twice; the output names each once, then 3 invalid beams."""
     params = random_params(7, seed=1, scale=2.0)
     prompts, lengths = np.array([[3, 1, 4], [5, 0, 0]]), [3, 1]
     common = dict(max_new_tokens=6, eos_ids=(0, 5), length_penalty=0.7)
     diverse = run(HistoryModel(), params, prompts, lengths, num_beams=6, num_groups=2, diversity_strength=0.0, **common)
     plain = run(HistoryModel(), params, prompts, lengths, search=beam_search, num_beams=3, **common)
-    for half in (slice(0, None, 2), slice(1, None, 2)):
-        np.testing.assert_array_equal(diverse.sequences[:, half], plain.sequences)
-        np.testing.assert_array_equal(diverse.lengths[:, half], plain.lengths)
-        np.testing.assert_allclose(diverse.scores[:, half], plain.scores, rtol=1e-6)
+    np.testing.assert_array_equal(diverse.sequences[:, :3], plain.sequences)
+    np.testing.assert_array_equal(diverse.lengths[:, :3], plain.lengths)
+    np.testing.assert_allclose(diverse.scores[:, :3], plain.scores, rtol=1e-6)
+    assert np.asarray(diverse.valid[:, :3]).all() and not np.asarray(diverse.valid[:, 3:]).any()
+    assert np.isneginf(np.asarray(diverse.scores[:, 3:])).all()
+
+
+def test_more_beams_than_items_returns_each_item_once():
+    """Two items, six beams in three groups: exactly two valid beams, the two items."""
+    items = np.array([[1, 2], [3, 4]])
+    index = build_fixed_length_index(items, vocab_size=6)
+    out = run(BigramModel(), random_params(6, seed=0), [[0]], [1], num_beams=6, num_groups=3,
+              diversity_strength=5.0, constraint=index, length_penalty=0.0)
+    valid = np.asarray(out.valid[0])
+    assert valid.tolist() == [True, True, False, False, False, False]
+    assert sorted(map(tuple, np.asarray(out.sequences[0, :2]).tolist())) == [(1, 2), (3, 4)]
 
 
 def test_constrained_dense_path_matches_sparse_path():
@@ -74,8 +90,9 @@ def test_constrained_dense_path_matches_sparse_path():
     grouped = run(HistoryModel(), params, prompts, lengths, num_beams=4, num_groups=2, diversity_strength=3.0,
                   constraint=index)
     allowed = {tuple(item) for item in items.tolist()}
-    assert np.all(grouped.valid)
-    assert all(tuple(seq) in allowed for seq in np.asarray(grouped.sequences).reshape(-1, 3).tolist())
+    for row in range(2):
+        found = [tuple(seq) for seq, ok in zip(np.asarray(grouped.sequences[row]).tolist(), grouped.valid[row]) if ok]
+        assert found and set(found) <= allowed and len(set(found)) == len(found)  # items, each once
 
 
 def test_variable_length_constraint_outputs_in_set():
