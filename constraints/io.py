@@ -15,6 +15,7 @@ import zipfile
 import jax.numpy as jnp
 import numpy as np
 
+from constraints.dense import dense_tables
 from constraints.index import TrieIndex, rank_dtype, token_dtype, words_per_row
 
 FORMAT_NAME = "jax-decoding.constraints.TrieIndex"
@@ -35,7 +36,10 @@ def save_index(path: str | os.PathLike, index: TrieIndex) -> None:
 def _read(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
     """The metadata dict and the arrays of an index file, or a ValueError naming ``path``."""
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):  # a bare .npy array
+            raise ValueError(f"{path}: not a trie index file (a single array, not an index archive)")
+        with data:
             names = set(data.files)
             if "meta" not in names or not names.issuperset(_ARRAYS):
                 raise ValueError(f"{path}: not a trie index file (arrays {sorted(names)})")
@@ -80,8 +84,33 @@ def _check_consistent(path, meta: dict, arrays: dict[str, np.ndarray]) -> None:
     indptr, tokens = arrays["indptr"], arrays["tokens"]
     if indptr[0] != 0 or indptr[-1] != tokens.shape[0] or (np.diff(indptr) < 0).any():
         raise ValueError(f"{path}: indptr is not a valid CSR row pointer")
-    if tokens.size and int(tokens.max()) >= vocab:
+    if tokens.size and (int(tokens.max()) >= vocab or int(tokens.min()) < 0):
         raise ValueError(f"{path}: an edge token lies outside the vocabulary [0, {vocab})")
+    _check_derived_metadata(path, meta, indptr, tokens)
+    bits, rank = dense_tables(indptr, tokens, num_dense, vocab)
+    if not (np.array_equal(bits, arrays["dense_bits"]) and np.array_equal(rank, arrays["dense_rank"])):
+        raise ValueError(f"{path}: the dense tables do not match the edges")
+
+
+def _check_derived_metadata(path, meta: dict, indptr: np.ndarray, tokens: np.ndarray) -> None:
+    """Metadata that the arrays determine must equal what they determine (else a ValueError)."""
+    sizes = meta["level_sizes"]
+    row_edges = np.diff(indptr.astype(np.int64))
+    owner = np.repeat(np.arange(row_edges.shape[0]), row_edges)
+    if ((tokens[1:] <= tokens[:-1]) & (owner[1:] == owner[:-1])).any():
+        raise ValueError(f"{path}: edge tokens are not strictly increasing within a state")
+    bounds = np.cumsum([0, *sizes[:-1]])
+    widest = tuple(int(row_edges[a:b].max(initial=0)) for a, b in zip(bounds[:-1], bounds[1:]))
+    derived = {
+        "depth": len(sizes) - 1,
+        "max_branching": widest,
+        "num_items": int((row_edges == 0).sum()) + sizes[-1],
+        "fixed_length": meta["eos_id"] is None,
+    }
+    for key, value in derived.items():
+        stored = tuple(meta[key]) if key == "max_branching" else meta[key]
+        if stored != value:
+            raise ValueError(f"{path}: metadata {key}={meta[key]!r} but the arrays give {value!r}")
 
 
 def load_index(path: str | os.PathLike) -> TrieIndex:

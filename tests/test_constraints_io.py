@@ -67,7 +67,9 @@ def test_foreign_files_are_rejected(tmp_path):
     np.savez(other_npz, weights=np.zeros(3))
     foreign_meta = tmp_path / "foreign.npz"
     np.savez(foreign_meta, meta=np.array(json.dumps({"format": "something else"})), **{n: np.zeros(1) for n in ARRAYS})
-    for path in (text, other_npz, foreign_meta):
+    bare_npy = tmp_path / "items.npy"
+    np.save(bare_npy, np.arange(3))
+    for path in (text, other_npz, foreign_meta, bare_npy):
         with pytest.raises(ValueError, match=str(path)):
             load_index(path)
     with pytest.raises(FileNotFoundError):
@@ -94,6 +96,13 @@ def test_wrong_version_and_tampered_files_are_rejected(tmp_path, indexes):
         (lambda m, a: a["indptr"].__setitem__(1, 10**6), "indptr"),
         (lambda m, a: a["tokens"].__setitem__(0, 299 + 1), "vocabulary"),
         (lambda m, a: m.update(level_sizes="oops"), "metadata"),
+        # Metadata the arrays determine, edited so it lies (it would silently change results):
+        (lambda m, a: m.update(max_branching=[1] * len(m["max_branching"])), "max_branching"),
+        (lambda m, a: m.update(num_items=m["num_items"] + 1), "num_items"),
+        (lambda m, a: m.update(depth=m["depth"] + 1), "depth"),
+        (lambda m, a: m.update(eos_id=0), "fixed_length"),
+        (lambda m, a: a["tokens"].__setitem__(slice(0, 2), a["tokens"][1::-1].copy()), "increasing"),
+        (lambda m, a: a["dense_bits"].__setitem__((0, 0), a["dense_bits"][0, 0] ^ 1), "dense tables"),
     ]
     for edit, message in cases:
         save_index(path, indexes["fixed"])
