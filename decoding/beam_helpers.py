@@ -230,8 +230,9 @@ def to_output(final: dict[str, jax.Array], pad_id: jax.Array) -> BeamSearchOutpu
     order = jnp.argsort(-final["scores"], axis=1, stable=True)
     final = gather_beams(final, order)
     valid = first_occurrences(final["tokens"], final["lengths"], jnp.isfinite(final["scores"]))
-    final = gather_beams(final, jnp.argsort(~valid, axis=1, stable=True))
-    valid = -jnp.sort(-valid.astype(jnp.int32), axis=1) > 0
+    valid_first = jnp.argsort(~valid, axis=1, stable=True)
+    final = gather_beams(final, valid_first)
+    valid = jnp.take_along_axis(valid, valid_first, axis=1)
     return BeamSearchOutput(
         sequences=jnp.where(valid[..., None], final["tokens"], pad_id),
         lengths=jnp.where(valid, final["lengths"], 0),
