@@ -10,7 +10,10 @@ code: snippets of the *held-out* stdlib files, ragged lengths. For each batch si
 
 and reports tokens/s, the speedup over plain greedy at the same batch, the acceptance rate
 (kept drafts / proposed drafts), new tokens per target call, and whether the tokens are
-identical to plain greedy's (they must be). A k sweep (drafts per round) runs at batch 1.
+identical to plain greedy's (they must be). A k sweep (drafts per round) runs at the batch
+sizes of ``--sweep-batches`` (default 1 and 8); the goals compare batch 8 with batch 1 both at
+the table's k and at each batch size's best k (larger batches favour smaller k: a round's
+target call reads ``batch x (k + 1)`` tokens and stops being memory-bound sooner).
 
 Every case goes through the public entry points, which validate on the host and jit inside,
 so compile time is the first call's excess over a warm call. The timed calls of all cases of
@@ -51,9 +54,17 @@ from decoding.speculative import speculative_generate
 from models import Decoder, LlamaConfig, init_cache, init_params, load_hf_checkpoint, preset, restore_params
 from models.hf_checkpoint import hf_name
 
-# Recipes used when --ckpt holds no trained pair: (target preset, draft preset, settings).
-FULL_RECIPE = ("small", "draft", dict(steps=150, batch=32, seq_len=128, warmup_steps=15, checkpoint_every=25))
-QUICK_RECIPE = ("draft", "tiny", dict(steps=30, batch=16, seq_len=64, warmup_steps=4, checkpoint_every=20))
+# Recipes used when --ckpt holds no trained pair: ((target preset, settings), (draft preset, settings)).
+# The full target, "medium" (19.1M parameters, 76 MB), outgrows a 32 MB L3 cache, so its decode step
+# is memory-bound on a CPU as it is on accelerators; training it takes ~27 min on 2 CPU cores.
+FULL_RECIPE = (
+    ("medium", dict(steps=500, batch=16, seq_len=256, learning_rate=2e-3, warmup_steps=40, checkpoint_every=50)),
+    ("draft", dict(steps=1000, batch=16, seq_len=256, warmup_steps=40, checkpoint_every=100)),
+)
+QUICK_RECIPE = (
+    ("draft", dict(steps=30, batch=16, seq_len=64, warmup_steps=4, checkpoint_every=20)),
+    ("tiny", dict(steps=30, batch=16, seq_len=64, warmup_steps=4, checkpoint_every=20)),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,10 +90,10 @@ def load_pair(ckpt: str, quick: bool) -> Pair:
     """Restores ``ckpt/target`` and ``ckpt/draft``, training them first if either is missing."""
     dirs = [os.path.join(ckpt, role) for role in ("target", "draft")]
     if not all(os.path.exists(os.path.join(d, "metadata.json")) for d in dirs):
-        target_name, draft_name, settings = QUICK_RECIPE if quick else FULL_RECIPE
-        print(f"no trained pair in {ckpt}: training {target_name} and {draft_name} ({settings})", file=sys.stderr)
+        recipe = QUICK_RECIPE if quick else FULL_RECIPE
+        print(f"no trained pair in {ckpt}: training {recipe}", file=sys.stderr)
         corpus = train_lm.load_corpus(4_000_000 if quick else None)
-        for name, out in zip((target_name, draft_name), dirs):
+        for (name, settings), out in zip(recipe, dirs):
             train_lm.train(train_lm.TrainSettings(preset=name, **settings), corpus, out)
     (target, target_params, t_name), (draft, draft_params, d_name) = map(_restore, dirs)
     return Pair(target, target_params, draft, draft_params, (t_name, d_name))
@@ -268,11 +279,40 @@ def _has_hf(python: str) -> bool:
     return probe.returncode == 0
 
 
+def goals_of(rows: list[dict], k: int) -> dict:
+    """The issue's goals from the measured rows: batch 1's best speedup over plain greedy (>= 2x),
+    and speculative tokens/s at batch 8 over batch 1 (>= 3x), per draft source, both at the
+    table's ``k`` and with each batch size's best k (where both batch sizes ran a sweep)."""
+    goals = {}
+    spec = [r for r in rows if r["k"]]
+    at_batch1 = [r for r in spec if r["batch"] == 1]
+    if at_batch1:
+        best = max(at_batch1, key=lambda r: r["speedup"])
+        goals["batch1_best_speedup"] = {"method": best["method"], "k": best["k"], "value": best["speedup"],
+                                        "goal": 2.0, "identical": best["identical"]}
+    plain = {r["batch"]: r for r in rows if not r["k"]}
+    if 1 in plain and 8 in plain:
+        goals["greedy_batch8_over_batch1"] = {"value": plain[8]["tok_per_s"] / plain[1]["tok_per_s"]}
+    for method in ("spec-model", "spec-lookup"):
+        mine = [r for r in spec if r["method"] == method]
+        same_k = {r["batch"]: r for r in mine if r["k"] == k}
+        if 1 in same_k and 8 in same_k:
+            goals[f"{method}_batch8_over_batch1"] = {
+                "k": k, "value": same_k[8]["tok_per_s"] / same_k[1]["tok_per_s"], "goal": 3.0}
+        best = {b: max((r for r in mine if r["batch"] == b), key=lambda r: r["tok_per_s"], default=None) for b in (1, 8)}
+        if all(best.values()) and any(r["k"] != k for r in mine):
+            goals[f"{method}_batch8_over_batch1_best_k"] = {
+                "k_batch1": best[1]["k"], "k_batch8": best[8]["k"],
+                "value": best[8]["tok_per_s"] / best[1]["tok_per_s"], "goal": 3.0}
+    return goals
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     parser.add_argument("--ckpt", default=None, help="trained pair folder (default runs/lm, or runs/lm_quick with --quick)")
     parser.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,8,32; quick 1,8)")
-    parser.add_argument("--ks", default=None, help="k sweep at batch 1 (default 1..8; quick: only --k)")
+    parser.add_argument("--ks", default=None, help="k sweep (default 1..8; quick: only --k)")
+    parser.add_argument("--sweep-batches", default=None, help="batch sizes that run the k sweep (default 1,8; quick 1)")
     parser.add_argument("--k", type=int, default=4, help="drafts per round in the batch table")
     parser.add_argument("--ngram", type=int, default=3, help="prompt lookup n-gram length")
     parser.add_argument("--prompt-len", type=int, default=None, help="longest prompt in bytes (default 256; quick 64)")
@@ -286,6 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     args.ckpt = args.ckpt or os.path.join("runs", "lm_quick" if args.quick else "lm")
     args.batches = ints(args.batches or ("1,8" if args.quick else "1,8,32"))
     args.ks = ints(args.ks or (str(args.k) if args.quick else "1,2,3,4,5,6,7,8"))
+    args.sweep_batches = ints(args.sweep_batches or ("1" if args.quick else "1,8"))
     args.prompt_len = args.prompt_len or (64 if args.quick else 256)
     args.new_tokens = args.new_tokens or (32 if args.quick else 128)
     args.repeats = args.repeats or (3 if args.quick else 5)
@@ -299,28 +340,16 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.new_tokens} new tokens, {args.repeats} timed call(s) per case, backend {jax.default_backend()}")
     rows = []
     for batch in args.batches:
-        batch_rows, inputs = bench_batch(pair, batch, args.ks if batch == 1 else (args.k,), args)
+        batch_rows, inputs = bench_batch(pair, batch, args.ks if batch in args.sweep_batches else (args.k,), args)
         rows += batch_rows
     table = [r for r in rows if r["k"] in (0, args.k)]
-    sweep = [r for r in rows if r["batch"] == 1]
+    sweep = [r for r in rows if r["batch"] in args.sweep_batches]
     columns = ["batch", "method", "k", "tok_per_s", "speedup", "speedup_med", "accept_rate", "tok_per_call",
                "identical", "best_s", "median_s", "compile_s"]
     print_table(table, columns, title=f"batch sizes (k = {args.k}, ngram = {args.ngram})")
-    if 1 in args.batches:
-        print_table(sweep, columns, title="k sweep at batch 1")
-
-    goals = {}
-    by = {(r["batch"], r["method"]): r for r in table}
-    if 1 in args.batches:
-        best = max((r for r in sweep if r["k"]), key=lambda r: r["speedup"])
-        goals["batch1_best_speedup"] = {"method": best["method"], "k": best["k"], "value": best["speedup"],
-                                        "goal": 2.0, "identical": best["identical"]}
-        for method in ("spec-model", "spec-lookup"):
-            if 8 in args.batches:
-                ratio = by[(8, method)]["tok_per_s"] / by[(1, method)]["tok_per_s"]
-                goals[f"{method}_batch8_over_batch1"] = {"k": args.k, "value": ratio, "goal": 3.0}
-        if 8 in args.batches:
-            goals["greedy_batch8_over_batch1"] = {"value": by[(8, "greedy")]["tok_per_s"] / by[(1, "greedy")]["tok_per_s"]}
+    if sweep:
+        print_table(sweep, columns, title=f"k sweep at batch {', '.join(map(str, args.sweep_batches))}")
+    goals = goals_of(rows, args.k)
     all_identical = all(r["identical"] for r in rows if r["k"])
     peer_rows, peer = [], f"not run: {args.peer_python} cannot import torch and transformers (see --peer-python)"
     if _has_hf(args.peer_python):

@@ -238,16 +238,18 @@ def test_bad_inputs_raise_clear_errors():
 
 
 def test_presets_have_the_documented_shapes():
-    assert set(PRESETS) >= {"tiny", "small", "draft", "llama-3.2-1b", "qwen2-0.5b"}
+    assert set(PRESETS) >= {"tiny", "small", "medium", "draft", "llama-3.2-1b", "qwen2-0.5b"}
     tiny = PRESETS["tiny"]
     assert (tiny.vocab_size, tiny.dim, tiny.n_layers, tiny.n_heads, tiny.n_kv_heads) == (256, 64, 2, 4, 2)
     sizes = {}
-    for name in ("small", "draft", "llama-3.2-1b", "qwen2-0.5b"):
+    for name in ("small", "medium", "draft", "llama-3.2-1b", "qwen2-0.5b"):
         config = PRESETS[name]
         shapes = jax.eval_shape(lambda k, c=config: init_params(c, k), jax.random.key(0))
         sizes[name] = sum(leaf.size for leaf in jax.tree.leaves(shapes))
     assert PRESETS["small"].vocab_size == PRESETS["draft"].vocab_size == 256
     assert sizes["draft"] < sizes["small"] < 10_000_000
+    assert PRESETS["medium"].vocab_size == 256
+    assert 4 * sizes["medium"] > 64 * 2**20  # float32 weights outgrow a 32 MB L3 cache twice over
     assert 1.2e9 < sizes["llama-3.2-1b"] < 1.3e9  # Llama 3.2 1B has 1.24B parameters
     assert 4.9e8 < sizes["qwen2-0.5b"] < 5.0e8  # Qwen2 0.5B has 494M parameters
     assert isinstance(init_cache(TINY, 1, 4), KVCache)
