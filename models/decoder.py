@@ -32,14 +32,14 @@ class KVCache:
     Entries of a row at or beyond ``lengths[row]`` are stale: attention never reads them.
     """
 
-    keys: tuple[jax.Array, ...]  # dtype [batch, capacity, n_kv_heads, head_dim], one per layer
-    values: tuple[jax.Array, ...]  # dtype [batch, capacity, n_kv_heads, head_dim], one per layer
+    keys: tuple[jax.Array, ...]  # dtype [batch, n_kv_heads, capacity, head_dim], one per layer
+    values: tuple[jax.Array, ...]  # dtype [batch, n_kv_heads, capacity, head_dim], one per layer
     lengths: jax.Array  # int32 [batch]
 
     @property
     def capacity(self) -> int:
         """Positions per row (static)."""
-        return self.keys[0].shape[1]
+        return self.keys[0].shape[2]
 
 
 def init_cache(config: LlamaConfig, batch: int, capacity: int) -> KVCache:
@@ -53,7 +53,7 @@ def init_cache(config: LlamaConfig, batch: int, capacity: int) -> KVCache:
     if not isinstance(capacity, int) or capacity <= 0:
         raise ValueError(f"init_cache: capacity must be a positive int, got {capacity!r}")
     config.check_length(capacity, "init_cache: a cache capacity")
-    shape = (batch, capacity, config.n_kv_heads, config.head_dim)
+    shape = (batch, config.n_kv_heads, capacity, config.head_dim)
     return KVCache(
         keys=tuple(jnp.zeros(shape, config.dtype) for _ in range(config.n_layers)),
         values=tuple(jnp.zeros(shape, config.dtype) for _ in range(config.n_layers)),
@@ -138,11 +138,11 @@ class Decoder:
             raise ValueError(f"Decoder: tokens must be int32 [batch, T], got shape {tokens.shape}")
         if len(cache.keys) != cfg.n_layers or len(cache.values) != cfg.n_layers:
             raise ValueError(f"Decoder: cache has {len(cache.keys)} layers, config has {cfg.n_layers}")
-        expected = (tokens.shape[0], cache.capacity, cfg.n_kv_heads, cfg.head_dim)
+        expected = (tokens.shape[0], cfg.n_kv_heads, cache.capacity, cfg.head_dim)
         if cache.keys[0].shape != expected:
             raise ValueError(
-                f"Decoder: cache buffers have shape {cache.keys[0].shape}, expected [batch, capacity, "
-                f"n_kv_heads, head_dim] = {expected} for tokens of shape {tokens.shape}"
+                f"Decoder: cache buffers have shape {cache.keys[0].shape}, expected [batch, n_kv_heads, "
+                f"capacity, head_dim] = {expected} for tokens of shape {tokens.shape}"
             )
         if num_valid.shape != (tokens.shape[0],) or cache.lengths.shape != (tokens.shape[0],):
             raise ValueError(

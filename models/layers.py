@@ -26,7 +26,8 @@ from models.config import LlamaConfig
 
 _INIT = nn.initializers.normal(stddev=0.02)
 
-# A layer's cache: keys and values, each dtype [batch, capacity, n_kv_heads, head_dim].
+# A layer's cache: keys and values, each dtype [batch, n_kv_heads, capacity, head_dim] (head-major:
+# attention reads each (row, kv head) as one contiguous [capacity, head_dim] matrix).
 LayerKV = tuple[jax.Array, jax.Array]
 
 
@@ -59,32 +60,55 @@ def apply_rope(
 
 def attend(
     q: jax.Array,  # dtype [batch, T, n_heads, head_dim]
-    k: jax.Array,  # dtype [batch, S, n_kv_heads, head_dim]
-    v: jax.Array,  # dtype [batch, S, n_kv_heads, head_dim]
+    k: jax.Array,  # dtype [batch, n_kv_heads, S, head_dim]
+    v: jax.Array,  # dtype [batch, n_kv_heads, S, head_dim]
     q_positions: jax.Array,  # int32 [batch, T]
     k_positions: jax.Array,  # int32 [batch, S]
 ) -> jax.Array:  # dtype [batch, T, n_heads * head_dim]
-    """Grouped-query attention: query at position p sees keys at positions <= p only."""
+    """Grouped-query attention: query at position p sees keys at positions <= p only.
+
+    Query head h reads kv head ``h // group``. The T x group queries of one kv head form one
+    [T * group, head_dim] block, so each (row, kv head) is one matrix product against its
+    keys; with keys and values head-major, no key or value is transposed or copied (decoding
+    reads the whole cache every step, so this is most of attention's memory traffic).
+    """
     batch, t, n_heads, head_dim = q.shape
-    n_kv_heads = k.shape[2]
-    grouped = q.reshape(batch, t, n_kv_heads, n_heads // n_kv_heads, head_dim)
-    scores = jnp.einsum("btkgd,bskd->bkgts", grouped, k, preferred_element_type=jnp.float32)
+    n_kv_heads, s = k.shape[1], k.shape[2]
+    group = n_heads // n_kv_heads
+    blocks = q.reshape(batch, t, n_kv_heads, group, head_dim).transpose(0, 2, 1, 3, 4)
+    blocks = blocks.reshape(batch, n_kv_heads, t * group, head_dim)  # row t * group + g
+    by_row_and_head = ((0, 1), (0, 1))
+    scores = jax.lax.dot_general(  # float32 [batch, n_kv_heads, T * group, S]
+        blocks, k, (((3,), (3,)), by_row_and_head), preferred_element_type=jnp.float32
+    )
     scores = scores * (head_dim**-0.5)
     visible = k_positions[:, None, :] <= q_positions[:, :, None]  # [batch, T, S]
-    scores = jnp.where(visible[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    visible = jnp.repeat(visible, group, axis=1)[:, None]  # [batch, 1, T * group, S]
+    scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    out = jax.lax.dot_general(probs, v, (((3,), (2,)), by_row_and_head))  # [batch, n_kv_heads, T * group, head_dim]
+    out = out.reshape(batch, n_kv_heads, t, group, head_dim).transpose(0, 2, 1, 3, 4)
     return out.reshape(batch, t, n_heads * head_dim)
 
 
 def write_kv(
-    buffer: jax.Array,  # dtype [batch, capacity, n_kv_heads, head_dim]
+    buffer: jax.Array,  # dtype [batch, n_kv_heads, capacity, head_dim]
     new: jax.Array,  # dtype [batch, T, n_kv_heads, head_dim]
     positions: jax.Array,  # int32 [batch, T]
-) -> jax.Array:  # dtype [batch, capacity, n_kv_heads, head_dim]
-    """Scatters ``new`` at each row's ``positions``; positions >= capacity are dropped."""
-    rows = jnp.arange(buffer.shape[0])[:, None]
-    return buffer.at[rows, positions].set(new.astype(buffer.dtype), mode="drop")
+) -> jax.Array:  # dtype [batch, n_kv_heads, capacity, head_dim]
+    """Scatters ``new`` at each row's ``positions``; positions >= capacity are dropped.
+
+    The scatter runs on the [batch * n_kv_heads, capacity, head_dim] view that attention's
+    matrix products read. Scattering into the 4-d buffer instead lets XLA (CPU, JAX 0.10)
+    fuse the update once for the loop carry and once more for the products, which costs four
+    whole-cache copies per layer per decode step inside ``lax.while_loop``; this form has none.
+    """
+    batch, heads, capacity, head_dim = buffer.shape
+    flat = buffer.reshape(batch * heads, capacity, head_dim)
+    flat_rows = (jnp.arange(batch)[:, None] * heads + jnp.arange(heads)[None, :])[:, :, None]  # [batch, heads, 1]
+    head_major = new.transpose(0, 2, 1, 3).astype(buffer.dtype)  # [batch, heads, T, head_dim]
+    flat = flat.at[flat_rows, positions[:, None, :]].set(head_major, mode="drop")
+    return flat.reshape(batch, heads, capacity, head_dim)
 
 
 def _dense(config: LlamaConfig, features: int, name: str, use_bias: bool = False) -> nn.Dense:
@@ -124,12 +148,13 @@ class Attention(nn.Module):
         q = apply_rope(q, positions, cfg)
         k = apply_rope(k, positions, cfg)
         if kv is None:
-            out = attend(q, k, v, positions, positions)
+            out = attend(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), positions, positions)
             new_kv = None
         else:
             keys = write_kv(kv[0], k, positions)
             values = write_kv(kv[1], v, positions)
-            slots = jnp.broadcast_to(jnp.arange(keys.shape[1], dtype=jnp.int32), (batch, keys.shape[1]))
+            capacity = keys.shape[2]
+            slots = jnp.broadcast_to(jnp.arange(capacity, dtype=jnp.int32), (batch, capacity))
             out = attend(q, keys, values, positions, slots)
             new_kv = (keys, values)
         return _dense(cfg, cfg.dim, "o_proj")(out), new_kv

@@ -138,7 +138,7 @@ def test_stale_entries_past_length_are_never_read():
     _, dirty = _step(model, params, tokens, init_cache(TINY, BATCH, CAPACITY), jnp.full((BATCH,), 8, jnp.int32))
     dirty = dirty.replace(lengths=jnp.array([4, 2], jnp.int32))  # slots 4..7 / 2..7 now hold junk
     _, clean = _step(model, params, tokens[:, :4], init_cache(TINY, BATCH, CAPACITY), jnp.array([4, 2], jnp.int32))
-    assert not np.allclose(dirty.keys[0][:, 4:8], clean.keys[0][:, 4:8])  # the junk is really there
+    assert not np.allclose(dirty.keys[0][:, :, 4:8], clean.keys[0][:, :, 4:8])  # the junk is really there
     for seed in (9, 10):  # two steps, so the junk stays past the written slot and is then overwritten
         nxt = random_tokens((BATCH, 1), seed=seed)
         got, dirty = _step(model, params, nxt, dirty, jnp.ones((BATCH,), jnp.int32))
@@ -158,9 +158,9 @@ def test_writes_past_capacity_are_dropped_and_keep_valid_entries():
     _, after = _step(model, params, random_tokens((BATCH, 4), seed=13), cache, jnp.full((BATCH,), 4, jnp.int32))
     for old, new in zip(before, after.keys):
         new = np.asarray(new)
-        np.testing.assert_array_equal(new[0, :14], old[0, :14])
-        np.testing.assert_array_equal(new[1, :12], old[1, :12])
-        assert not np.allclose(new[0, 14:], old[0, 14:]) and not np.allclose(new[1, 12:], old[1, 12:])
+        np.testing.assert_array_equal(new[0, :, :14], old[0, :, :14])
+        np.testing.assert_array_equal(new[1, :, :12], old[1, :, :12])
+        assert not np.allclose(new[0, :, 14:], old[0, :, 14:]) and not np.allclose(new[1, :, 12:], old[1, :, 12:])
     np.testing.assert_array_equal(after.lengths, [18, 16])
 
 
