@@ -349,7 +349,8 @@ def main(argv: list[str] | None = None) -> None:
                "identical", "best_s", "median_s", "compile_s"]
     print_table(table, columns, title=f"batch sizes (k = {args.k}, ngram = {args.ngram})")
     if sweep:
-        print_table(sweep, columns, title=f"k sweep at batch {', '.join(map(str, args.sweep_batches))}")
+        swept = sorted({r["batch"] for r in sweep})  # the sweep batches that also ran
+        print_table(sweep, columns, title=f"k sweep at batch {', '.join(map(str, swept))}")
     goals = goals_of(rows, args.k)
     all_identical = all(r["identical"] for r in rows if r["k"])
     peer_rows, peer = [], f"not run: {args.peer_python} cannot import torch and transformers (see --peer-python)"
