@@ -7,6 +7,7 @@ nothing else in the project.
 
 from constraints.builder import Progress, build_fixed_length_index, build_variable_length_index
 from constraints.index import DEAD_STATE, TrieIndex
+from constraints.item_filter import FilterTables, ItemFilter, leaf_ranks
 from constraints.io import FORMAT_VERSION, load_index, save_index
 from constraints.memory import MemoryReport, index_nbytes, memory_report
 from constraints.ops import advance, allowed_mask, candidates, initial_state, is_complete
@@ -14,6 +15,8 @@ from constraints.ops import advance, allowed_mask, candidates, initial_state, is
 __all__ = [
     "DEAD_STATE",
     "FORMAT_VERSION",
+    "FilterTables",
+    "ItemFilter",
     "MemoryReport",
     "Progress",
     "TrieIndex",
@@ -25,6 +28,7 @@ __all__ = [
     "index_nbytes",
     "initial_state",
     "is_complete",
+    "leaf_ranks",
     "load_index",
     "memory_report",
     "save_index",

@@ -102,3 +102,26 @@ class TrieIndex:
     def sparse_branching(self) -> int:
         """The widest row among states outside the dense levels (0 when every level is dense)."""
         return max(self.max_branching[self.dense_levels :], default=0)
+
+    # The constraint protocol as methods (the ops of :mod:`constraints.ops`), so decoding's
+    # sparse path can take any layered constraint with the same methods (e.g.
+    # :class:`constraints.item_filter.ItemFilter`).
+
+    def initial_state(self, shape: int | tuple[int, ...]) -> jax.Array:  # int32 [*shape]
+        from constraints import ops  # ops imports this module
+
+        return ops.initial_state(self, shape)
+
+    def candidates(
+        self,
+        state: jax.Array,  # int32 [...]
+        depth: int,
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:  # int32 [..., K], int32 [..., K], bool [..., K]
+        from constraints import ops
+
+        return ops.candidates(self, state, depth)
+
+    def is_complete(self, state: jax.Array) -> jax.Array:  # int32 [...] -> bool [...]
+        from constraints import ops
+
+        return ops.is_complete(self, state)

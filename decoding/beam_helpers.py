@@ -124,10 +124,18 @@ class TopBeams:
         return top_beams(scores, scores.shape[1])
 
 
-def check_constraint(index: TrieIndex, vocab_size: int) -> None:
-    """The index must be a :class:`TrieIndex` over the model's vocabulary (host-side)."""
-    if not isinstance(index, TrieIndex):
-        raise ValueError(f"constraint must be a constraints.TrieIndex, got {type(index).__name__}")
+LAYERED_API = ("depth", "max_branching", "fixed_length", "vocab_size", "initial_state", "candidates", "is_complete")
+"""What the sparse beam path uses of a constraint (a fixed-length TrieIndex has all of it)."""
+
+
+def check_constraint(index: Any, vocab_size: int, *, layered_ok: bool = False) -> None:
+    """The constraint must be a :class:`TrieIndex` over the model's vocabulary (host-side);
+    with ``layered_ok`` (the sparse beam path) also any fixed-length layered constraint that
+    has every attribute of :data:`LAYERED_API` (e.g. :class:`constraints.ItemFilter`)."""
+    layered = layered_ok and all(hasattr(index, name) for name in LAYERED_API) and index.fixed_length
+    if not isinstance(index, TrieIndex) and not layered:
+        kinds = "a constraints.TrieIndex or a fixed-length layered constraint" if layered_ok else "a constraints.TrieIndex"
+        raise ValueError(f"constraint must be {kinds}, got {type(index).__name__}")
     if index.vocab_size != vocab_size:
         raise ValueError(f"the constraint's vocab_size {index.vocab_size} differs from the model's {vocab_size}")
 
@@ -163,10 +171,15 @@ def prepare_inputs(
     num_beams: int,
     max_new_tokens: int | None,
     eos_ids: tuple[int, ...],
-    constraint: TrieIndex | None,
+    constraint: Any,
     min_bucket: int,
+    sparse_ok: bool = True,
 ) -> PreparedInputs:
-    """Validates everything before tracing (clear ValueErrors) and buckets the prompt width."""
+    """Validates everything before tracing (clear ValueErrors) and buckets the prompt width.
+
+    ``sparse_ok``: the caller runs a fixed-length constraint on the sparse path, so layered
+    constraints other than a :class:`TrieIndex` are accepted (diverse beam search passes False).
+    """
     if not isinstance(num_beams, int) or isinstance(num_beams, bool) or num_beams < 1:
         raise ValueError(f"num_beams must be a positive int, got {num_beams!r}")
     prompts_np, lengths_np = validation.check_prompts(prompts, prompt_lengths)
@@ -176,7 +189,7 @@ def prepare_inputs(
     if len(set(eos_ids)) != len(eos_ids):
         raise ValueError(f"eos_ids must be distinct, got {eos_ids}")
     if constraint is not None:
-        check_constraint(constraint, vocab_size)
+        check_constraint(constraint, vocab_size, layered_ok=sparse_ok)
         if max_new_tokens is None:
             max_new_tokens = constraint.depth
         if constraint.fixed_length:

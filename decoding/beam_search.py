@@ -265,7 +265,7 @@ def _sparse_jit(
     cache: Any,
     prompts: jax.Array,  # int32 [batch, bucket]
     prompt_lengths: jax.Array,  # int32 [batch]
-    index: TrieIndex,
+    index: Any,  # a fixed-length TrieIndex or layered constraint (decoding.beam_helpers.LAYERED_API)
     alpha: jax.Array,  # float32 [batch]
     pad_id: jax.Array,  # int32 []
     num_beams: int,
@@ -328,7 +328,7 @@ def beam_search(
     max_new_tokens: int | None = None,
     eos_ids: tuple[int, ...] = (),
     length_penalty: Any = 1.0,
-    constraint: TrieIndex | None = None,
+    constraint: Any = None,
     pad_id: int = 0,
     min_bucket: int = DEFAULT_MIN_BUCKET,
 ) -> BeamSearchOutput:
@@ -348,8 +348,9 @@ def beam_search(
         ``()`` with a fixed-length constraint; with a variable-length one it is
         ``(constraint.eos_id,)`` (``()`` means the same).
       length_penalty: exponent ``a`` of ``length ** a``; float scalar or float [batch]. Traced.
-      constraint: a :class:`constraints.TrieIndex`, or None. Its arrays are traced, its
-        metadata (depth, branching, vocab, eos) static.
+      constraint: a :class:`constraints.TrieIndex`, or None; or a fixed-length layered
+        constraint such as :class:`constraints.ItemFilter` (per-row item filters; sparse path
+        only). Its arrays are traced, its metadata (depth, branching, vocab, eos) static.
       pad_id: fills sequences after each end and invalid beams. Traced.
       min_bucket: smallest prompt bucket. Static.
 

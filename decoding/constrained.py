@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from constraints import DEAD_STATE, TrieIndex, advance, allowed_mask, candidates, initial_state, is_complete
+from constraints import DEAD_STATE, TrieIndex, advance, allowed_mask, initial_state, is_complete
 from decoding import validation
 from decoding.beam_helpers import (
     check_constraint,
@@ -51,7 +51,7 @@ NEG_INF = -jnp.inf
 
 
 def sparse_candidates(
-    index: TrieIndex,
+    index: Any,  # a TrieIndex, or a layered constraint with the same candidates() method
     states: jax.Array,  # int32 [...]
     log_probs: jax.Array,  # float32 [..., vocab]
     depth: int,
@@ -63,7 +63,7 @@ def sparse_candidates(
     token, ``-inf`` for padding slots (a state with fewer than K children, or DEAD_STATE);
     padding slots hold token 0 and next state DEAD_STATE.
     """
-    tokens, next_states, valid = candidates(index, states, depth)
+    tokens, next_states, valid = index.candidates(states, depth)
     tokens = jnp.where(valid, tokens, 0).astype(jnp.int32)
     scores = jnp.take_along_axis(log_probs, tokens, axis=-1)
     return (
@@ -106,13 +106,17 @@ def sparse_beam_search(
     cache: Any,
     prompts: jax.Array,  # int32 [batch, bucket]
     prompt_lengths: jax.Array,  # int32 [batch]
-    index: TrieIndex,
+    index: Any,
     alpha: jax.Array,  # float32 [batch]
     pad_id: jax.Array,  # int32 []
     num_beams: int,
 ) -> dict[str, jax.Array]:
     """Beam search over a fixed-length index on the SPARSE path (traceable; ``model`` and
     ``num_beams`` static, the rest traced).
+
+    ``index`` is a fixed-length :class:`constraints.TrieIndex` or any layered constraint with
+    its ``depth``, ``max_branching`` and ``initial_state`` / ``candidates`` / ``is_complete``
+    methods (e.g. :class:`constraints.ItemFilter`, whose per-row arrays lead with ``batch``).
 
     ``index.depth`` steps unrolled in Python (``K = index.max_branching[d]`` differs per
     depth); each ranks ``beams x K`` candidates by summed model log-prob (depth 0: the root's
@@ -125,7 +129,7 @@ def sparse_beam_search(
     # Depth 0 starts from one beam per row (the root): K_0 candidates, not beams x K_0.
     log_probs = jax.nn.log_softmax(first_logits, axis=-1)[:, None, :]
     live = jnp.zeros((batch, 1), jnp.float32)
-    states = initial_state(index, (batch, 1))
+    states = index.initial_state((batch, 1))
     tokens = jnp.full((batch, 1, index.depth), pad_id, jnp.int32)
     for depth in range(index.depth):
         if depth > 0:
@@ -141,7 +145,7 @@ def sparse_beam_search(
         if depth + 1 < index.depth:
             cache = gather_rows(cache, parent_rows(parent, 1 if depth == 0 else num_beams))
     lengths = jnp.full((batch, num_beams), index.depth, jnp.int32)
-    complete = jnp.isfinite(live) & is_complete(index, states)
+    complete = jnp.isfinite(live) & index.is_complete(states)
     return {
         "tokens": tokens,
         "lengths": lengths,

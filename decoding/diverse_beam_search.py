@@ -114,6 +114,7 @@ def diverse_beam_search(
         eos_ids=eos_ids,
         constraint=constraint,
         min_bucket=min_bucket,
+        sparse_ok=False,
     )
     settings = BeamSettings(
         selector=HammingDiversity(strength=strength, num_groups=num_groups),
