@@ -1,0 +1,1 @@
+"""Batch generative retrieval: item embeddings, semantic IDs, training, metrics and the batch job."""
