@@ -530,24 +530,11 @@ def _read_query_shard(path: str, user_column: str, history_column: str, segment_
     return QueryShard(table.source, user_ids, offsets, items, segments, table.lines)
 
 
-def read_queries(
-    path,
-    *,
-    user_column: str = "user_id",
-    history_column: str = "history",
-    segment_column: str | None = None,
-) -> list[QueryShard]:
-    """The query shards of one file or of a directory of shard files.
+def query_files(path) -> list[str]:
+    """The query shard files of ``path``: the file itself, or a directory's files with one of
+    :data:`EXTENSIONS` (names starting with "." skipped) in sorted name order.
 
-    A directory's shards are its files with one of :data:`EXTENSIONS` (names starting with "."
-    are skipped), in sorted name order; an empty directory is an error. A history is a
-    space-separated string of item ids in CSV/TSV (empty: no history) and a list of ids (ints or
-    strings) in JSONL/Parquet, oldest first.
-
-    Raises:
-      DataError: a directory without shards, a malformed record, a missing column, an empty user,
-        item or segment id, a history that is not a list.
-      FileNotFoundError: no such file or directory.
+    Raises DataError for a directory without shards and FileNotFoundError for a missing path.
     """
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -557,7 +544,27 @@ def read_queries(
         )
         if not names:
             raise DataError(path, f"no query shard files ({', '.join(EXTENSIONS)}) in this directory")
-        files = [os.path.join(path, name) for name in names]
-    else:
-        files = [path]
-    return [_read_query_shard(file, user_column, history_column, segment_column) for file in files]
+        return [os.path.join(path, name) for name in names]
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no query file or directory at {path}")
+    return [path]
+
+
+def read_queries(
+    path,
+    *,
+    user_column: str = "user_id",
+    history_column: str = "history",
+    segment_column: str | None = None,
+) -> list[QueryShard]:
+    """The query shards of one file or of a directory of shard files (:func:`query_files`).
+
+    A history is a space-separated string of item ids in CSV/TSV (empty: no history) and a list
+    of ids (ints or strings) in JSONL/Parquet, oldest first.
+
+    Raises:
+      DataError: a directory without shards, a malformed record, a missing column, an empty user,
+        item or segment id, a history that is not a list.
+      FileNotFoundError: no such file or directory.
+    """
+    return [_read_query_shard(file, user_column, history_column, segment_column) for file in query_files(path)]
