@@ -51,27 +51,53 @@ _WORD = re.compile(r"[^\W_]+")  # runs of letters and digits (Unicode-aware)
 
 
 @dataclasses.dataclass(frozen=True)
-class _Sparse:
-    """A sparse matrix as COO triplets, minus ``column_mean`` from every row (centring)."""
+class _Sorted:
+    """Sparse entries sorted by ``keys``, for products that sum ``vals * dense[others]`` per key."""
 
-    rows: np.ndarray  # int64 [nnz]
-    cols: np.ndarray  # int64 [nnz]
+    keys: np.ndarray  # int64 [nnz], ascending
+    others: np.ndarray  # int64 [nnz]
     vals: np.ndarray  # float64 [nnz]
-    shape: tuple[int, int]
-    column_mean: np.ndarray  # float64 [shape[1]], zeros for no centring
+    starts: np.ndarray  # int64 [distinct keys], the first entry of each key
+    size: int  # keys lie in [0, size)
 
-    def matmul(self, dense: np.ndarray) -> np.ndarray:  # float64 [cols, r] -> [rows, r]
-        out = np.empty((self.shape[0], dense.shape[1]))
+    @classmethod
+    def of(cls, keys: np.ndarray, others: np.ndarray, vals: np.ndarray, size: int) -> _Sorted:
+        order = np.argsort(keys, kind="stable")
+        keys = keys[order]
+        return cls(keys, others[order], vals[order], np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]), size)
+
+    def times(self, dense: np.ndarray) -> np.ndarray:  # float64 [*, r] -> [size, r]
+        """Row ``k`` of the result: the sum of ``vals * dense[others]`` over the entries of key ``k``."""
+        columns = np.ascontiguousarray(dense.T)  # one contiguous gather source per output column
+        out = np.zeros((dense.shape[1], self.size))
         for j in range(dense.shape[1]):
-            out[:, j] = np.bincount(self.rows, self.vals * dense[self.cols, j], minlength=self.shape[0])
-        return out - self.column_mean @ dense
+            out[j, self.keys[self.starts]] = np.add.reduceat(self.vals * columns[j][self.others], self.starts)
+        return out.T
 
-    def rmatmul(self, dense: np.ndarray) -> np.ndarray:  # float64 [rows, r] -> [cols, r]
+
+@dataclasses.dataclass(frozen=True)
+class _Sparse:
+    """A sparse matrix (at least one entry) minus ``column_mean`` from every row (centring)."""
+
+    by_row: _Sorted  # the entries keyed by row
+    by_col: _Sorted  # the same entries keyed by column
+    column_mean: np.ndarray  # float64 [columns], zeros for no centring
+
+    @classmethod
+    def of(cls, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, column_mean: np.ndarray, num_rows: int) -> _Sparse:
+        """From COO triplets (int64 [nnz], int64 [nnz], float64 [nnz]), no (row, col) twice."""
+        return cls(_Sorted.of(rows, cols, vals, num_rows), _Sorted.of(cols, rows, vals, column_mean.shape[0]), column_mean)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.by_row.size, self.by_col.size
+
+    def matmul(self, dense: np.ndarray) -> np.ndarray:  # float64 [columns, r] -> [rows, r]
+        return self.by_row.times(dense) - self.column_mean @ dense
+
+    def rmatmul(self, dense: np.ndarray) -> np.ndarray:  # float64 [rows, r] -> [columns, r]
         """The transpose times ``dense``."""
-        out = np.empty((self.shape[1], dense.shape[1]))
-        for j in range(dense.shape[1]):
-            out[:, j] = np.bincount(self.cols, self.vals * dense[self.rows, j], minlength=self.shape[1])
-        return out - np.outer(self.column_mean, dense.sum(axis=0))
+        return self.by_col.times(dense) - np.outer(self.column_mean, dense.sum(axis=0))
 
 
 def _truncated_svd(
@@ -195,7 +221,7 @@ def _balanced_matrix(blocks: list[_Block], num_items: int, seed: int) -> _Sparse
         if block.vals.shape[0] == 0:
             continue
         mean = np.bincount(block.cols, block.vals, minlength=block.width) / num_items
-        _, top = _truncated_svd(_Sparse(block.rows, block.cols, block.vals, (num_items, block.width), mean), 1, seed)
+        _, top = _truncated_svd(_Sparse.of(block.rows, block.cols, block.vals, mean, num_items), 1, seed)
         if top.shape[0] == 0:
             continue
         scale = np.sqrt(num_items) / top[0]
@@ -206,8 +232,7 @@ def _balanced_matrix(blocks: list[_Block], num_items: int, seed: int) -> _Sparse
         offset += block.width
     if not rows:
         return None
-    shape = (num_items, offset)
-    return _Sparse(np.concatenate(rows), np.concatenate(cols), np.concatenate(vals), shape, np.concatenate(means))
+    return _Sparse.of(np.concatenate(rows), np.concatenate(cols), np.concatenate(vals), np.concatenate(means), num_items)
 
 
 def _count_items(categorical: dict, text: dict, numeric: dict) -> int:
@@ -368,8 +393,8 @@ def cooccurrence_embeddings(
     positive = pmi > 0
     if not positive.any():
         return np.zeros((num_items, dim), dtype=np.float32)
-    matrix = _Sparse(rows[positive], cols[positive], pmi[positive], (num_items, num_items), np.zeros(num_items))
+    matrix = _Sparse.of(rows[positive], cols[positive], pmi[positive], np.zeros(num_items), num_items)
     left, values = _truncated_svd(matrix, dim, seed)
     both_sides = left + matrix.rmatmul(left) / values  # U + V: a negative eigenvalue's pair cancels
-    both_sides[np.bincount(matrix.rows, minlength=num_items) == 0] = 0.0
+    both_sides[np.bincount(rows[positive], minlength=num_items) == 0] = 0.0
     return _unit_rows(both_sides, np.sqrt(values), dim)

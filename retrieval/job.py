@@ -144,7 +144,7 @@ def _expected_manifest(retriever: Retriever, files: list[str], allowed: AllowedI
         "inputs": {
             "catalog_sha256": retriever.catalog.fingerprint(),
             "params_sha256": params_sha256(retriever.params),
-            "queries": [{"file": os.path.abspath(f), "sha256": file_sha256(f)} for f in files],
+            "queries": [{"file": os.path.basename(f), "sha256": file_sha256(f)} for f in files],
             "allowed_items_sha256": hashlib.sha256(allowed.rows.tobytes()).hexdigest(),
         },
         "settings": {**dataclasses.asdict(settings), "allowed_where": list(settings.allowed_where)},
@@ -286,8 +286,13 @@ def run_job(
     progress: bool = True,
     wait_seconds: float = 3600.0,
     retriever: Retriever | None = None,
+    mesh: Mesh | None = None,
 ) -> JobSummary:
     """Runs this process's share of the job (see the module docstring) and returns its summary.
+
+    ``retriever``: the loaded run (default: :func:`retrieval.training.load_retriever` of
+    ``run_dir``). ``mesh``: a ``(data, model)`` mesh of this process's devices (default: all
+    of them, :func:`local_mesh`).
 
     Process 0 also waits (up to ``wait_seconds``) for every planned shard and then records the
     shards done in the manifest; it raises TimeoutError naming the missing shards otherwise.
@@ -312,7 +317,7 @@ def run_job(
     expected = _expected_manifest(retriever, files, allowed, settings)
     _check_manifest(out_dir, expected, overwrite, process_index, process_count, len(files))
 
-    mesh = local_mesh()
+    mesh = local_mesh() if mesh is None else mesh
     devices = mesh.devices.size
     batch_size = -(-settings.batch_size // devices) * devices
     mine = [(f, path) for f, path in enumerate(files) if f % process_count == process_index]

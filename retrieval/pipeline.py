@@ -42,6 +42,8 @@ class DataSettings:
     codebook_size: int = 32
     cold_fraction: float = 0.05
     seed: int = 0
+    synthetic_users: int = 2000  # sizes of the synthetic data set
+    synthetic_items: int = 1000
 
     def validate(self) -> None:
         if self.dataset not in DATASETS:
@@ -67,7 +69,7 @@ def load_tables(settings: DataSettings) -> tuple[ItemTable, Interactions]:
     """The built-in data set named by ``settings.dataset``."""
     settings.validate()
     if settings.dataset == "synthetic":
-        return synthetic_dataset(seed=settings.seed)
+        return synthetic_dataset(num_users=settings.synthetic_users, num_items=settings.synthetic_items, seed=settings.seed)
     return load_movielens_100k()
 
 
