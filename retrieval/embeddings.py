@@ -62,9 +62,11 @@ class _Sorted:
 
     @classmethod
     def of(cls, keys: np.ndarray, others: np.ndarray, vals: np.ndarray, size: int) -> _Sorted:
+        """From entries in any order (int64 [nnz], int64 [nnz], float64 [nnz]), nnz >= 1."""
         order = np.argsort(keys, kind="stable")
         keys = keys[order]
-        return cls(keys, others[order], vals[order], np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]), size)
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        return cls(keys, others[order], vals[order], starts, size)
 
     def times(self, dense: np.ndarray) -> np.ndarray:  # float64 [*, r] -> [size, r]
         """Row ``k`` of the result: the sum of ``vals * dense[others]`` over the entries of key ``k``."""
@@ -84,9 +86,16 @@ class _Sparse:
     column_mean: np.ndarray  # float64 [columns], zeros for no centring
 
     @classmethod
-    def of(cls, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, column_mean: np.ndarray, num_rows: int) -> _Sparse:
-        """From COO triplets (int64 [nnz], int64 [nnz], float64 [nnz]), no (row, col) twice."""
-        return cls(_Sorted.of(rows, cols, vals, num_rows), _Sorted.of(cols, rows, vals, column_mean.shape[0]), column_mean)
+    def of(
+        cls,
+        rows: np.ndarray,  # int64 [nnz], nnz >= 1
+        cols: np.ndarray,  # int64 [nnz], no (row, col) twice
+        vals: np.ndarray,  # float64 [nnz]
+        column_mean: np.ndarray,  # float64 [columns]
+        num_rows: int,
+    ) -> _Sparse:
+        by_row = _Sorted.of(rows, cols, vals, num_rows)
+        return cls(by_row, _Sorted.of(cols, rows, vals, column_mean.shape[0]), column_mean)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -232,7 +241,8 @@ def _balanced_matrix(blocks: list[_Block], num_items: int, seed: int) -> _Sparse
         offset += block.width
     if not rows:
         return None
-    return _Sparse.of(np.concatenate(rows), np.concatenate(cols), np.concatenate(vals), np.concatenate(means), num_items)
+    parts = (np.concatenate(rows), np.concatenate(cols), np.concatenate(vals), np.concatenate(means))
+    return _Sparse.of(*parts, num_items)
 
 
 def _count_items(categorical: dict, text: dict, numeric: dict) -> int:
