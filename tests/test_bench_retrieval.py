@@ -33,7 +33,7 @@ def test_main_at_toy_size_writes_every_method_and_checks_outputs(tmp_path):
         assert ran[method]["returned"] == 3 * 4  # every beam is a complete item
         assert ran[method]["valid_items"] == 1.0
     assert ran["constrained + history filter"]["history_hits"] == 0
-    assert ran["host_trie_matches"] is True
+    assert ran["host_trie_matches"] is True and ran["host trie"]["host_side_ms"] > 0
     assert {"trie/uncon", "filter/uncon", "trie/host", "filter/host"} <= set(ran)
     assert set(data["goals"]) == {"trie_vs_uncon", "trie_vs_host", "filter_vs_uncon", "filter_vs_host"}
 
