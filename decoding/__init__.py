@@ -3,6 +3,13 @@
 The public entry points are imported eagerly: a lazy ``__getattr__`` would lose to Python's
 own binding of a submodule of the same name (``decoding.beam_search`` the module would
 shadow ``decoding.beam_search`` the function once anything imported the module).
+
+Every output carries ``nonfinite`` (bool [batch]): rows that read non-finite logits, whose
+results are meaningless; decoding never raises on non-finite numbers (see
+:mod:`decoding.validation`, "Non-finite policy"). Bad inputs raise before compiling:
+ValueError naming the row or field, :class:`DonatedCacheError` for a reused donated cache,
+:class:`TracedCallError` for a call under ``jax.jit`` (each names the traceable core to call
+instead).
 """
 
 from decoding.beam_helpers import BeamSearchOutput, TopBeams
@@ -15,12 +22,14 @@ from decoding.prefill import bucket_length, prefill
 from decoding.protocol import DecodeCache, DecodeModel
 from decoding.samplers import Categorical, Greedy, MinP, Temperature, TopK, TopP
 from decoding.speculative import SpeculativeOutput, SpeculativeStats, speculative_generate
+from decoding.validation import DonatedCacheError, TracedCallError
 
 __all__ = [
     "BeamSearchOutput",
     "Categorical",
     "DecodeCache",
     "DecodeModel",
+    "DonatedCacheError",
     "GenerateOutput",
     "Greedy",
     "HammingDiversity",
@@ -33,6 +42,7 @@ __all__ = [
     "TopBeams",
     "TopK",
     "TopP",
+    "TracedCallError",
     "beam_search",
     "bucket_length",
     "constrained_generate",

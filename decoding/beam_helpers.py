@@ -149,6 +149,11 @@ class BeamSearchOutput:
     scores: jax.Array  # float32 [batch, beams]  log_probs / lengths ** length_penalty; -inf when invalid
     log_probs: jax.Array  # float32 [batch, beams]  summed model log-probs; -inf when invalid
     valid: jax.Array  # bool [batch, beams]  a real hypothesis (complete item / EOS / max length)
+    # bool [batch]  some model call of the row's search gave non-finite logits (NaN, +inf, or
+    # all -inf) for one of its beams: its hypotheses, scores and valid flags are meaningless
+    # (NaN scores rank first in top-k, or leave every beam invalid); report the row as an
+    # error (decoding.validation, "Non-finite policy").
+    nonfinite: jax.Array
 
 
 @struct.dataclass
@@ -174,15 +179,19 @@ def prepare_inputs(
     constraint: Any,
     min_bucket: int,
     sparse_ok: bool = True,
+    entry: str = "beam_search",
+    core: str = "",
 ) -> PreparedInputs:
-    """Validates everything before tracing (clear ValueErrors) and buckets the prompt width.
+    """Validates everything before tracing (clear errors, :func:`decoding.validation.check_call`
+    first, with ``entry`` and its traceable ``core`` named) and buckets the prompt width.
 
     ``sparse_ok``: the caller runs a fixed-length constraint on the sparse path, so layered
     constraints other than a :class:`TrieIndex` are accepted (diverse beam search passes False).
     """
+    prompts_np, lengths_np, cache_lengths = validation.check_call(entry, core, params, cache, prompts, prompt_lengths)
     if not isinstance(num_beams, int) or isinstance(num_beams, bool) or num_beams < 1:
         raise ValueError(f"num_beams must be a positive int, got {num_beams!r}")
-    prompts_np, lengths_np = validation.check_prompts(prompts, prompt_lengths)
+    min_bucket = validation.check_int("min_bucket", min_bucket, 1, validation.INT32_MAX)
     vocab_size = validation.infer_vocab_size(model, params, cache)
     validation.check_prompt_tokens(prompts_np, lengths_np, vocab_size)
     eos_ids = validation.check_token_ids("eos_ids", eos_ids, vocab_size)
@@ -209,7 +218,6 @@ def prepare_inputs(
     if not isinstance(max_new_tokens, (int, np.integer)) or isinstance(max_new_tokens, bool):
         raise ValueError(f"max_new_tokens must be an int (the static output width), got {type(max_new_tokens).__name__}")
     limits, width = validation.check_new_tokens(max_new_tokens, None, prompts_np.shape[0])
-    cache_lengths = np.asarray(cache.lengths).astype(np.int32)
     validation.check_capacity(cache_lengths, lengths_np, limits, cache.capacity)
     bucket = bucket_length(int(lengths_np.max()), cache.capacity - int(cache_lengths.max()), min_bucket)
     return PreparedInputs(
@@ -239,7 +247,11 @@ def first_occurrences(
 
 def to_output(final: dict[str, jax.Array], pad_id: jax.Array) -> BeamSearchOutput:
     """Sorts hypotheses ``[batch, beams]`` best first (stably), drops repeats of a better
-    hypothesis, and blanks the invalid ones (sorted last)."""
+    hypothesis, and blanks the invalid ones (sorted last). ``final["nonfinite"]`` (bool
+    [batch], from the search core) becomes ``nonfinite``; every other entry is
+    ``[batch, beams, ...]``."""
+    final = dict(final)
+    nonfinite = final.pop("nonfinite")
     order = jnp.argsort(-final["scores"], axis=1, stable=True)
     final = gather_beams(final, order)
     valid = first_occurrences(final["tokens"], final["lengths"], jnp.isfinite(final["scores"]))
@@ -252,12 +264,10 @@ def to_output(final: dict[str, jax.Array], pad_id: jax.Array) -> BeamSearchOutpu
         scores=jnp.where(valid, final["scores"], -jnp.inf),
         log_probs=jnp.where(valid, final["log_probs"], -jnp.inf),
         valid=valid,
+        nonfinite=nonfinite,
     )
 
 
 def per_row_alpha(length_penalty_value: Any, batch: int) -> jax.Array:
-    """The length penalty exponent as float32 [batch] (a scalar or a [batch] array)."""
-    alpha = jnp.asarray(length_penalty_value, jnp.float32)
-    if alpha.ndim > 1 or (alpha.ndim == 1 and alpha.shape[0] != batch):
-        raise ValueError(f"length_penalty must be a scalar or shape ({batch},), got shape {alpha.shape}")
-    return jnp.broadcast_to(alpha, (batch,))
+    """The length penalty exponent as float32 [batch] (a finite scalar or [batch] array)."""
+    return validation.check_finite("length_penalty", length_penalty_value, batch)

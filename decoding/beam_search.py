@@ -73,6 +73,12 @@ from decoding.beam_helpers import (
 from decoding.cache_rows import gather_rows, repeat_rows
 from decoding.constrained import mask_log_probs, sparse_beam_search
 from decoding.prefill import DEFAULT_MIN_BUCKET
+from decoding.validation import check_pad_id, nonfinite_logits
+
+CORE = (
+    "decoding.beam_search.run_dense (decoding.constrained.sparse_beam_search for a fixed-length constraint), "
+    "then decoding.beam_helpers.to_output"
+)
 
 
 @struct.dataclass
@@ -115,6 +121,7 @@ class BeamCarry:
     live: Live
     finished: Finished
     done: jax.Array  # bool [rows]  no live beam can still change the pool
+    nonfinite: jax.Array  # bool [rows]  some beam of the row read non-finite logits (sticky)
 
 
 def _merge_finished(
@@ -181,6 +188,7 @@ def _select(
         live=new_live,
         finished=finished,
         done=done,
+        nonfinite=carry.nonfinite,
     )
 
 
@@ -199,7 +207,9 @@ def run_dense(
     max length join the pool. ``model``, ``num_beams`` and ``width`` are static.
 
     Returns the pool as a dict of ``tokens, lengths, log_probs, scores``, each
-    ``[batch, num_beams, ...]`` (group-major when the selector has groups; not yet sorted).
+    ``[batch, num_beams, ...]`` (group-major when the selector has groups; not yet sorted),
+    and ``nonfinite`` bool [batch] (:func:`decoding.validation.nonfinite_logits` at any step,
+    any beam); :func:`decoding.beam_helpers.to_output` sorts it into the output.
     """
     groups = settings.selector.num_groups
     beams = num_beams // groups
@@ -227,6 +237,7 @@ def run_dense(
             scores=jnp.full((rows, beams), -jnp.inf, jnp.float32),
         ),
         done=jnp.zeros((rows,), bool),
+        nonfinite=jnp.zeros((rows,), bool),
     )
 
     def not_finished(c: BeamCarry) -> jax.Array:
@@ -235,9 +246,10 @@ def run_dense(
     def body(c: BeamCarry) -> BeamCarry:
         logits, cache = model(params, c.last_tokens[:, None], c.cache, jnp.ones((rows * beams,), jnp.int32))
         log_probs = unflatten_beams(jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), axis=-1), beams)
+        nonfinite = c.nonfinite | jnp.any(nonfinite_logits(log_probs), axis=1)
         if index is not None:
             log_probs = mask_log_probs(index, c.live.states, log_probs)
-        return _select(c.replace(cache=cache), log_probs, settings, alpha)
+        return _select(c.replace(cache=cache, nonfinite=nonfinite), log_probs, settings, alpha)
 
     carry = jax.lax.while_loop(not_finished, body, carry)
     keep = (carry.step == width) & jnp.isfinite(carry.live.log_probs)
@@ -255,6 +267,7 @@ def run_dense(
         "lengths": pool.lengths.reshape(batch, num_beams),
         "log_probs": pool.log_probs.reshape(batch, num_beams),
         "scores": pool.scores.reshape(batch, num_beams),
+        "nonfinite": jnp.any(carry.nonfinite.reshape(batch, groups), axis=1),
     }
 
 
@@ -311,7 +324,7 @@ def run_beam_search(
         inputs.prompts,
         inputs.prompt_lengths,
         settings,
-        jnp.asarray(pad_id, jnp.int32),
+        check_pad_id(pad_id),
         num_beams,
         inputs.width,
     )
@@ -355,11 +368,17 @@ def beam_search(
       min_bucket: smallest prompt bucket. Static.
 
     Returns:
-      :class:`BeamSearchOutput`, ``[batch, num_beams, ...]``, best first.
+      :class:`BeamSearchOutput`, ``[batch, num_beams, ...]``, best first, with ``nonfinite``
+      bool [batch]: rows whose search read non-finite logits (their beams are meaningless).
 
     Raises:
-      ValueError: bad shapes, ids outside the vocabulary, a budget that does not fit the
-        cache, or a constraint inconsistent with the model or with ``eos_ids``.
+      ValueError: bad shapes, ids outside the vocabulary or int32, a budget that does not fit
+        the cache, a cache whose lengths lie outside [0, capacity], a non-finite
+        ``length_penalty``, or a constraint inconsistent with the model or with ``eos_ids``.
+      decoding.validation.DonatedCacheError: the cache or params hold deleted arrays.
+      decoding.validation.TracedCallError: called under ``jax.jit``; inside jit call
+        :func:`run_dense` (or :func:`decoding.constrained.sparse_beam_search` for a
+        fixed-length constraint), then :func:`decoding.beam_helpers.to_output`.
     """
     inputs = prepare_inputs(
         model,
@@ -372,6 +391,8 @@ def beam_search(
         eos_ids=eos_ids,
         constraint=constraint,
         min_bucket=min_bucket,
+        entry="beam_search",
+        core=CORE,
     )
     alpha = per_row_alpha(length_penalty, inputs.prompts.shape[0])
     if constraint is not None and constraint.fixed_length:
@@ -383,7 +404,7 @@ def beam_search(
             inputs.prompt_lengths,
             constraint,
             alpha,
-            jnp.asarray(pad_id, jnp.int32),
+            check_pad_id(pad_id),
             num_beams,
         )
     settings = BeamSettings(

@@ -22,12 +22,10 @@ renormalizes without looking ahead. Constrained beam search ranks by the model's
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
 from constraints import DEAD_STATE, TrieIndex, advance, allowed_mask, initial_state, is_complete
@@ -122,12 +120,16 @@ def sparse_beam_search(
     depth); each ranks ``beams x K`` candidates by summed model log-prob (depth 0: the root's
     ``K`` only, and the prefilled cache rows are repeated by the first gather). Returns the final
     beams as a dict of ``tokens`` int32 [batch, beams, depth], ``lengths``, ``log_probs`` and
-    ``scores`` (``log_probs / depth ** alpha``, -inf unless a complete item), each [batch, beams].
+    ``scores`` (``log_probs / depth ** alpha``, -inf unless a complete item), each [batch, beams],
+    and ``nonfinite`` bool [batch]: some model call of the row gave non-finite logits
+    (:func:`decoding.validation.nonfinite_logits`, any depth, any beam); its beams are then
+    meaningless. :func:`decoding.beam_helpers.to_output` carries it into the output.
     """
     batch = prompts.shape[0]
     first_logits, cache = prefill(model, params, cache, prompts, prompt_lengths)
     # Depth 0 starts from one beam per row (the root): K_0 candidates, not beams x K_0.
     log_probs = jax.nn.log_softmax(first_logits, axis=-1)[:, None, :]
+    nonfinite = jnp.zeros((batch,), bool)
     live = jnp.zeros((batch, 1), jnp.float32)
     states = index.initial_state((batch, 1))
     tokens = jnp.full((batch, 1, index.depth), pad_id, jnp.int32)
@@ -136,6 +138,7 @@ def sparse_beam_search(
             step_tokens = flatten_beams(tokens[:, :, depth - 1])[:, None]
             logits, cache = model(params, step_tokens, cache, jnp.ones((batch * num_beams,), jnp.int32))
             log_probs = unflatten_beams(jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), axis=-1), num_beams)
+        nonfinite = nonfinite | jnp.any(validation.nonfinite_logits(log_probs), axis=1)
         scores, cand_tokens, cand_states = _pad_candidates(*sparse_candidates(index, states, log_probs, depth), num_beams)
         scores = live[..., None] + scores
         parent, column = top_beams(scores, num_beams)
@@ -151,6 +154,7 @@ def sparse_beam_search(
         "lengths": lengths,
         "log_probs": live,
         "scores": jnp.where(complete, live / length_penalty(lengths, alpha[:, None]), -jnp.inf),
+        "nonfinite": nonfinite,
     }
 
 
@@ -194,8 +198,7 @@ def _record(
     return book.replace(done=book.done | is_complete(index, states)), states
 
 
-@functools.partial(jax.jit, static_argnames=("model", "width"))
-def _constrained_jit(
+def constrained_decode(
     model: Any,
     params: Any,
     cache: Any,
@@ -206,6 +209,10 @@ def _constrained_jit(
     pad_id: jax.Array,  # int32 []
     width: int,
 ) -> tuple[GenerateOutput, jax.Array]:  # output, bool [batch]
+    """The traceable core of :func:`constrained_generate` (call it inside your own jit with
+    inputs prepared outside: prompts padded to a bucket, a normalized sampler and key in
+    ``settings``). ``model`` and ``width`` are static, the rest traced. Returns the output
+    (``nonfinite`` included) and whether each row's state is complete."""
     batch = prompts.shape[0]
     first_logits, cache = prefill(model, params, cache, prompts, prompt_lengths)
     states = initial_state(index, (batch,))
@@ -233,9 +240,16 @@ def _constrained_jit(
 
     carry = jax.lax.while_loop(not_finished, body, carry)
     output = GenerateOutput(
-        tokens=carry.book.tokens, lengths=carry.book.lengths, log_probs=carry.book.log_probs, cache=carry.model.cache
+        tokens=carry.book.tokens,
+        lengths=carry.book.lengths,
+        log_probs=carry.book.log_probs,
+        cache=carry.model.cache,
+        nonfinite=validation.nonfinite_emitted(carry.book.log_probs, carry.book.lengths),
     )
     return output, is_complete(index, carry.states)
+
+
+_constrained_jit = jax.jit(constrained_decode, static_argnames=("model", "width"))
 
 
 def constrained_generate(
@@ -282,18 +296,35 @@ def constrained_generate(
 
     Returns:
       ``(output, complete)``: a :class:`decoding.generate.GenerateOutput` (``log_probs`` are
-      the model's unmasked log-softmax of each token) and bool [batch], whether each row
-      emitted a whole item (False only when ``max_new_tokens < constraint.depth`` cut it short).
+      the model's unmasked log-softmax of each token; ``nonfinite`` flags rows that read
+      non-finite logits, whose tokens and ``complete`` are meaningless) and bool [batch],
+      whether each row emitted a whole item (False only when ``max_new_tokens <
+      constraint.depth`` cut it short).
+
+    Raises:
+      ValueError: as :func:`decoding.generate.generate`, and for a missing constraint or one
+        that is not a :class:`constraints.TrieIndex` over the model's vocabulary.
+      decoding.validation.DonatedCacheError: the cache or params hold deleted arrays.
+      decoding.validation.TracedCallError: called under ``jax.jit``; call
+        :func:`constrained_decode` there instead.
     """
-    prompts_np, lengths_np = validation.check_prompts(prompts, prompt_lengths)
+    prompts_np, lengths_np, cache_lengths = validation.check_call(
+        "constrained_generate", "decoding.constrained.constrained_decode", params, cache, prompts, prompt_lengths
+    )
+    if constraint is None:
+        raise ValueError(
+            "constrained_generate needs constraint= (a constraints.TrieIndex); for unconstrained decoding call "
+            "decoding.generate"
+        )
+    vocab_size = validation.infer_vocab_size(model, params, cache)
+    check_constraint(constraint, vocab_size)
     width = constraint.depth if max_new_tokens is None else max_new_tokens
     limits, width = validation.check_new_tokens(width, None, prompts_np.shape[0])
     validation.check_sampler(sampler, key, prompts_np.shape[0])
     sampler, key = validation.normalize_sampler(sampler), validation.normalize_key(key)
-    cache_lengths = np.asarray(cache.lengths).astype(np.int32)
+    pad = validation.check_pad_id(pad_id)
+    min_bucket = validation.check_int("min_bucket", min_bucket, 1, validation.INT32_MAX)
     validation.check_capacity(cache_lengths, lengths_np, limits, cache.capacity)
-    vocab_size = validation.infer_vocab_size(model, params, cache)
-    check_constraint(constraint, vocab_size)
     validation.check_prompt_tokens(prompts_np, lengths_np, vocab_size)
     bucket = bucket_length(int(lengths_np.max()), cache.capacity - int(cache_lengths.max()), min_bucket)
     settings = DecodeSettings(
@@ -310,6 +341,6 @@ def constrained_generate(
         jnp.asarray(lengths_np),
         constraint,
         settings,
-        jnp.asarray(pad_id, jnp.int32),
+        pad,
         width,
     )

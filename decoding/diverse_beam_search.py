@@ -33,12 +33,19 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from constraints import TrieIndex
 from decoding.beam_helpers import BeamSearchOutput, per_row_alpha, prepare_inputs, take_candidates, top_beams
 from decoding.beam_search import BeamSettings, run_beam_search
 from decoding.prefill import DEFAULT_MIN_BUCKET
+from decoding.validation import check_finite
+
+CORE = (
+    "decoding.beam_search.run_dense with BeamSettings(selector=HammingDiversity(...)), "
+    "then decoding.beam_helpers.to_output"
+)
 
 
 @struct.dataclass
@@ -94,15 +101,19 @@ def diverse_beam_search(
 
     Every path is the dense one: a constraint (fixed- or variable-length) is applied as a
     mask over the vocabulary. Returns a :class:`decoding.beam_helpers.BeamSearchOutput` with all
-    groups' hypotheses sorted best first by length-penalized model score.
+    groups' hypotheses sorted best first by length-penalized model score, and ``nonfinite``
+    bool [batch] (rows whose search read non-finite logits).
+
+    Raises what :func:`decoding.beam_search.beam_search` raises, and ValueError for a
+    ``diversity_strength`` that is negative, not finite or not a scalar. Under ``jax.jit``
+    (:class:`decoding.validation.TracedCallError`) call :func:`decoding.beam_search.run_dense`
+    with ``BeamSettings(selector=HammingDiversity(...))``, then
+    :func:`decoding.beam_helpers.to_output`.
     """
     if not isinstance(num_groups, int) or isinstance(num_groups, bool) or num_groups < 1:
         raise ValueError(f"num_groups must be a positive int, got {num_groups!r}")
     if not isinstance(num_beams, int) or num_beams % num_groups:
         raise ValueError(f"num_beams={num_beams!r} must be a multiple of num_groups={num_groups}")
-    strength = jnp.asarray(diversity_strength, jnp.float32)
-    if strength.ndim or not bool(strength >= 0):
-        raise ValueError(f"diversity_strength must be a float >= 0, got {diversity_strength!r}")
     inputs = prepare_inputs(
         model,
         params,
@@ -115,7 +126,12 @@ def diverse_beam_search(
         constraint=constraint,
         min_bucket=min_bucket,
         sparse_ok=False,
+        entry="diverse_beam_search",
+        core=CORE,
     )
+    if np.ndim(diversity_strength):
+        raise ValueError(f"diversity_strength must be a scalar float >= 0, got shape {np.shape(diversity_strength)}")
+    strength = check_finite("diversity_strength", diversity_strength, 1, minimum=0.0)[0]
     settings = BeamSettings(
         selector=HammingDiversity(strength=strength, num_groups=num_groups),
         eos_ids=jnp.asarray(inputs.eos_ids, jnp.int32).reshape(len(inputs.eos_ids)),

@@ -386,11 +386,9 @@ def check_draft(
         return
     if not isinstance(draft, ModelDraft):
         raise ValueError(f"draft must be a ModelDraft or a PromptLookupDraft, got {type(draft).__name__}")
-    draft_lengths = np.asarray(draft.cache.lengths).astype(np.int32)
-    if draft_lengths.shape != prompt_lengths.shape:
-        raise ValueError(
-            f"the draft cache has batch {draft_lengths.shape} but the prompts have batch {prompt_lengths.shape}"
-        )
+    validation.check_live("speculative_generate", "draft cache", draft.cache)
+    validation.check_live("speculative_generate", "draft params", draft.params)
+    draft_lengths = validation.check_cache(draft.cache, prompt_lengths.shape[0], "draft cache")
     check_room("draft", draft_lengths, prompt_lengths, limits, k, draft.cache.capacity)
     draft_vocab = validation.infer_vocab_size(draft.model, draft.params, draft.cache)
     if draft_vocab != target_vocab:

@@ -28,7 +28,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
 from decoding import validation
@@ -44,6 +43,9 @@ class GenerateOutput:
     lengths: jax.Array  # int32 [batch]  new tokens per row, EOS included
     log_probs: jax.Array  # float32 [batch, width]  model log_softmax of each token, 0 after the end
     cache: Any  # the decode cache after the loop (lengths = cached + prompt + max(new - 1, 0) per row)
+    # bool [batch]  the row read non-finite logits (NaN, +inf, or all -inf): its tokens are
+    # meaningless; report it (decoding.validation, "Non-finite policy").
+    nonfinite: jax.Array
 
 
 @struct.dataclass
@@ -187,7 +189,14 @@ def _generate_jit(
         lengths=carry.book.lengths,
         log_probs=carry.book.log_probs,
         cache=carry.model.cache,
+        nonfinite=validation.nonfinite_emitted(carry.book.log_probs, carry.book.lengths),
     )
+
+
+_CORE = (
+    "decoding.prefill.prefill, then decoding.generate.init_carry and decoding.generate.decode_loop "
+    "(decoding.validation.nonfinite_emitted gives the nonfinite flag)"
+)
 
 
 def compiled_variants() -> int:
@@ -242,23 +251,32 @@ def generate(
 
     Returns:
       :class:`GenerateOutput`: tokens int32 [batch, width], lengths int32 [batch],
-      log_probs float32 [batch, width] and the cache after decoding.
+      log_probs float32 [batch, width], the cache after decoding, and ``nonfinite`` bool
+      [batch]: rows whose logits were non-finite (NaN/inf params or activations); their
+      tokens are meaningless (see :mod:`decoding.validation`, "Non-finite policy").
 
     Raises:
-      ValueError: on malformed prompts, ids outside the vocabulary, a prompt or budget that
-        does not fit the cache, a knob out of range (negative temperature, top-p outside
-        [0, 1]) or of the wrong batch size, or a missing key. Must be called
-        with concrete values (not inside another ``jit``); inside ``jit``, compose
-        :func:`decoding.prefill.prefill`, :func:`init_carry` and :func:`decode_loop`.
+      ValueError: on malformed prompts, ids outside the vocabulary or int32, a prompt or
+        budget that does not fit the cache, a cache whose lengths lie outside [0, capacity],
+        a processor passed as the sampler, a knob out of range or not finite (negative or
+        infinite temperature, top-p outside [0, 1]) or of the wrong batch size, a
+        ``vocab_size`` above the model's, or a missing key.
+      decoding.validation.DonatedCacheError: the cache was donated to an earlier call.
+      decoding.validation.TracedCallError: called under ``jax.jit`` (or vmap/grad). Inside
+        ``jit``, compose :func:`decoding.prefill.prefill`, :func:`init_carry` and
+        :func:`decode_loop` (and :func:`decoding.validation.nonfinite_emitted` on the carry).
     """
-    prompts_np, lengths_np = validation.check_prompts(prompts, prompt_lengths)
+    prompts_np, lengths_np, cache_lengths = validation.check_call(
+        "generate", _CORE, params, cache, prompts, prompt_lengths
+    )
     limits, width = validation.check_new_tokens(max_new_tokens, width, prompts_np.shape[0])
     validation.check_sampler(sampler, key, prompts_np.shape[0])
     sampler, key = validation.normalize_sampler(sampler), validation.normalize_key(key)
-    cache_lengths = np.asarray(cache.lengths).astype(np.int32)
+    pad = validation.check_pad_id(pad_id)
+    min_bucket = validation.check_int("min_bucket", min_bucket, 1, validation.INT32_MAX)
     validation.check_capacity(cache_lengths, lengths_np, limits, cache.capacity, unfed_tokens=1)
-    if vocab_size is None:
-        vocab_size = validation.infer_vocab_size(model, params, cache)
+    model_vocab = validation.infer_vocab_size(model, params, cache)
+    vocab_size = model_vocab if vocab_size is None else validation.check_vocab_size(vocab_size, model_vocab)
     validation.check_prompt_tokens(prompts_np, lengths_np, vocab_size)
     eos_ids = validation.check_token_ids("eos_ids", eos_ids, vocab_size)
 
@@ -279,6 +297,6 @@ def generate(
         jnp.asarray(pad_prompts(prompts_np, lengths_np, bucket)),
         jnp.asarray(lengths_np),
         settings,
-        jnp.asarray(pad_id, jnp.int32),
+        pad,
         width,
     )

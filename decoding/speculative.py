@@ -88,6 +88,10 @@ class SpeculativeOutput:
     log_probs: jax.Array  # float32 [batch, width]  target log_softmax of each token, 0 after the end
     cache: Any  # the target cache after the loop (lengths = cached + prompt + new - 1 per row)
     stats: SpeculativeStats
+    # bool [batch]  the target read non-finite logits for the row (NaN, +inf, or all -inf): its
+    # tokens are meaningless; report it (decoding.validation, "Non-finite policy"). A draft
+    # model's non-finite logits cannot change the output (its drafts are all rejected).
+    nonfinite: jax.Array
 
 
 @struct.dataclass
@@ -257,9 +261,11 @@ def _round(target, params, draft, constraint, settings: Settings, k: int, carry:
     )
 
 
-def _speculative(target, k, width, params, cache, prompts, prompt_lengths, draft, constraint, settings):
-    """The traced program: prefill, first token, then the round loop. ``target``, ``k`` and
-    ``width`` are static."""
+def speculative_decode(target, k, width, params, cache, prompts, prompt_lengths, draft, constraint, settings):
+    """The traceable core of :func:`speculative_generate` (prefill, first token, then the round
+    loop): call it inside your own jit with inputs prepared outside (prompts padded to a
+    bucket, a normalized sampler and per-row keys in :class:`Settings`). ``target``, ``k`` and
+    ``width`` are static; the rest is traced."""
     batch = prompts.shape[0]
     first_logits, cache = prefill(target, params, cache, prompts, prompt_lengths)
     cstate = jnp.zeros((batch,), jnp.int32) if constraint is None else initial_state(constraint, (batch,))
@@ -296,14 +302,15 @@ def _speculative(target, k, width, params, cache, prompts, prompt_lengths, draft
     )
     book = carry.book
     stats = SpeculativeStats(accepted=book.accepted, rounds=book.rounds)
-    return SpeculativeOutput(book.tokens, book.lengths, book.log_probs, carry.target.cache, stats)
+    nonfinite = validation.nonfinite_emitted(book.log_probs, book.lengths)
+    return SpeculativeOutput(book.tokens, book.lengths, book.log_probs, carry.target.cache, stats, nonfinite)
 
 
-_speculative_jit = jax.jit(_speculative, static_argnames=("target", "k", "width"), donate_argnames=("cache",))
+_speculative_jit = jax.jit(speculative_decode, static_argnames=("target", "k", "width"), donate_argnames=("cache",))
 
 
 def _run_sharded(mesh, target, k, width, args):
-    """Runs ``_speculative`` with rows over the mesh's ``data`` axis and weights replicated
+    """Runs :func:`speculative_decode` with rows over the mesh's ``data`` axis and weights replicated
     (or split on ``model``); verification runs per device (:func:`sharding.per_device`)."""
     params, _, prompts, _, draft, _, settings = args
     sharding.check_rows(prompts.shape[0], mesh)
@@ -318,7 +325,7 @@ def _run_sharded(mesh, target, k, width, args):
         Settings(sharding.row_shardings(settings.sampler, mesh), rows, rows, replicated, replicated),
     )
     # Every output leaf is batch-leading.
-    return sharding.run_on_mesh(_speculative, (target, k, width), args, mesh, in_shardings, rows, (1,))
+    return sharding.run_on_mesh(speculative_decode, (target, k, width), args, mesh, in_shardings, rows, (1,))
 
 
 def speculative_generate(
@@ -368,20 +375,29 @@ def speculative_generate(
       min_bucket: the smallest prompt bucket. Static.
 
     Returns:
-      :class:`SpeculativeOutput`: tokens, lengths, log_probs, the target cache, and
-      :class:`SpeculativeStats`.
+      :class:`SpeculativeOutput`: tokens, lengths, log_probs, the target cache,
+      :class:`SpeculativeStats`, and ``nonfinite`` bool [batch] (rows for which the target
+      read non-finite logits; their tokens are meaningless).
 
     Raises:
-      ValueError (before tracing) on malformed prompts, ids outside the vocabulary, caches
-      too small, a draft whose vocabulary differs, a bad ``num_draft_tokens``, a missing key.
+      ValueError (before tracing) on malformed prompts, ids outside the vocabulary or int32,
+        caches too small or with lengths outside [0, capacity], a draft whose vocabulary
+        differs, a bad ``num_draft_tokens``, a knob out of range or not finite, a missing key.
+      decoding.validation.DonatedCacheError: a cache (target or draft) was donated before.
+      decoding.validation.TracedCallError: called under ``jax.jit``; call
+        :func:`speculative_decode` there instead.
     """
+    prompts_np, lengths_np, cache_lengths = validation.check_call(
+        "speculative_generate", "decoding.speculative.speculative_decode", target_params, target_cache, prompts,
+        prompt_lengths,
+    )
     k = check_num_draft_tokens(num_draft_tokens)
-    prompts_np, lengths_np = validation.check_prompts(prompts, prompt_lengths)
     batch = prompts_np.shape[0]
     limits, width = validation.check_new_tokens(max_new_tokens, width, batch)
     validation.check_sampler(sampler, key, batch)
     sampler, key = validation.normalize_sampler(sampler), validation.normalize_key(key)
-    cache_lengths = np.asarray(target_cache.lengths).astype(np.int32)
+    pad = validation.check_pad_id(pad_id)
+    min_bucket = validation.check_int("min_bucket", min_bucket, 1, validation.INT32_MAX)
     validation.check_capacity(cache_lengths, lengths_np, limits, target_cache.capacity)
     check_room("target", cache_lengths, lengths_np, limits, k, target_cache.capacity)
     vocab_size = validation.infer_vocab_size(target, target_params, target_cache)
@@ -400,7 +416,7 @@ def speculative_generate(
         row_keys=jax.random.split(jax.random.key(0) if key is None else key, batch),
         limits=jnp.asarray(limits),
         eos_ids=jnp.asarray(eos_ids, jnp.int32).reshape(len(eos_ids)),
-        pad_id=jnp.asarray(pad_id, jnp.int32),
+        pad_id=pad,
     )
     padded = jnp.asarray(pad_prompts(prompts_np, lengths_np, bucket))
     args = (target_params, target_cache, padded, jnp.asarray(lengths_np), draft, constraint, settings)

@@ -1,7 +1,33 @@
-"""Host-side input checks shared by the decoding loops: clear ValueErrors before any tracing.
+"""Host-side input checks shared by the decoding loops: clear errors before any tracing, and
+the traced non-finite signal every output carries.
 
-Every check reads concrete values (NumPy or committed device arrays). A check that meets a
-tracer skips the value test, since loops called inside an outer ``jit`` cannot see values.
+Every public entry point starts with :func:`check_call`: its arguments must be concrete (a
+call under ``jax.jit``, ``vmap`` or ``grad`` raises :class:`TracedCallError` naming the
+traceable core to call instead), its cache and params must not hold deleted arrays (a reused
+donated cache raises :class:`DonatedCacheError`), and prompts, prompt lengths and the cache's
+own lengths are checked (a ValueError naming the row). Integers are range-checked before any
+narrowing cast to int32, and every numeric knob (temperature, top-k/p, min-p, length penalty,
+diversity strength) is checked to be finite and in range. A knob that is itself a tracer skips
+the value test (the loop runs inside someone's jit; values cannot be seen there).
+
+**Non-finite policy.** Decoding does not raise on non-finite model output: a raise would
+need a device-to-host sync per call and would fail a whole batch for one bad row. Instead
+every output carries ``nonfinite``: bool [batch], True for a row whose decoding read
+non-finite logits (NaN or +inf anywhere, or every entry -inf) at a step that fed it: its
+tokens, scores and validity are then meaningless. Finite logits with some -inf entries (a
+model that masks tokens) are fine. Callers (the batch retrieval job, scripts) report flagged
+rows as errors. How each loop computes it:
+
+* ``generate``, ``constrained_generate``, ``speculative_generate``:
+  :func:`nonfinite_emitted` over the recorded log-probabilities: any bad logit row makes the
+  emitted token's log-softmax NaN or -inf, and finite logits never do (a sampler never picks
+  a token of probability 0 while others have mass).
+* beam search (dense and sparse paths): :func:`nonfinite_logits` at every model call, OR-ed
+  per batch row over all its beams (NaN scores would otherwise rank first in top-k or make
+  every beam invalid, silently).
+
+A speculative *draft* model's non-finite logits cannot change the output (its drafts are
+rejected and the target's distribution is sampled), so only the target is watched.
 """
 
 from __future__ import annotations
@@ -13,10 +39,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from decoding.samplers import KNOB_DTYPE, Greedy, MinP, Temperature, TopP
+from decoding.samplers import KNOB_DTYPE, Categorical, Greedy, MinP, Temperature, TopK, TopP
 
 _VOCAB_MEMO: dict[tuple, int] = {}
 _VOCAB_MEMO_LIMIT = 64
+INT32_MAX = int(np.iinfo(np.int32).max)
+INT32_MIN = int(np.iinfo(np.int32).min)
+
+
+class TracedCallError(TypeError):
+    """A public decoding entry point was called with traced values (under ``jax.jit``,
+    ``vmap`` or ``grad``): its host-side checks need concrete values. Call the traceable core
+    that the message names instead (with inputs prepared outside the trace)."""
+
+
+class DonatedCacheError(ValueError):
+    """The cache (or params) holds deleted arrays: most often a cache that was already donated
+    to ``generate`` / ``speculative_generate``, whose buffers now back that call's ``out.cache``."""
 
 
 def concrete(value: Any) -> np.ndarray | None:
@@ -53,7 +92,17 @@ def check_prompts(
         raise ValueError(
             f"prompt_lengths[{row}] = {lengths_np[row]} exceeds the prompts width {prompts_np.shape[1]}"
         )
-    return prompts_np.astype(np.int32), lengths_np.astype(np.int32)
+    # Range-check the real tokens at full width before the int32 cast (2**32 + 72 must not
+    # become 72); padding past each row's length is ignored, so it is zeroed first.
+    real = np.arange(prompts_np.shape[1])[None, :] < lengths_np[:, None]
+    bad = real & ((prompts_np < INT32_MIN) | (prompts_np > INT32_MAX))
+    if np.any(bad):
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"prompt token {prompts_np[row, col]} at row {row}, position {col} is outside the vocabulary "
+            f"(it does not even fit int32)"
+        )
+    return np.where(real, prompts_np, 0).astype(np.int32), lengths_np.astype(np.int32)
 
 
 def check_prompt_tokens(
@@ -79,7 +128,7 @@ def check_token_ids(name: str, ids: tuple, vocab_size: int | None) -> tuple[int,
     for token in ids:
         if not isinstance(token, (int, np.integer)) or isinstance(token, bool):
             raise ValueError(f"{name} must hold Python ints, got {token!r}")
-        if token < 0 or (vocab_size is not None and token >= vocab_size):
+        if token < 0 or token > INT32_MAX or (vocab_size is not None and token >= vocab_size):
             raise ValueError(f"{name} holds {token}, outside the vocabulary [0, {vocab_size})")
     return tuple(int(t) for t in ids)
 
@@ -97,9 +146,13 @@ def check_new_tokens(
     """
     if np.ndim(max_new_tokens) == 0 and np.issubdtype(np.asarray(max_new_tokens).dtype, np.integer):
         max_new_tokens = int(np.asarray(max_new_tokens))
+    if width is not None:
+        width = check_int("width", width, 1, INT32_MAX)
     if isinstance(max_new_tokens, (int, np.integer)) and not isinstance(max_new_tokens, bool):
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if max_new_tokens > INT32_MAX:
+            raise ValueError(f"max_new_tokens must fit int32 (at most {INT32_MAX}), got {max_new_tokens}")
         if width is not None and width != max_new_tokens:
             raise ValueError(
                 f"width={width} differs from the scalar max_new_tokens={max_new_tokens}; "
@@ -114,6 +167,9 @@ def check_new_tokens(
         )
     if np.any(limits < 0):
         raise ValueError(f"max_new_tokens must be >= 0 in every row, got {limits.tolist()}")
+    if np.any(limits > INT32_MAX):
+        row = int(np.argmax(limits))
+        raise ValueError(f"max_new_tokens[{row}] = {limits[row]} does not fit int32 (at most {INT32_MAX})")
     if width is None:
         width = int(limits.max())
     if width < 1:
@@ -161,9 +217,20 @@ def check_capacity(
         )
 
 
-def _bad_values(value: Any, is_bad) -> bool:
+def _as_float64(name: str, value: Any) -> np.ndarray | None:
+    """A concrete knob as float64 (None for a tracer), or a ValueError naming it."""
     values = concrete(value)
-    return values is not None and bool(np.any(is_bad(values.astype(np.float64))))
+    if values is None:
+        return None
+    try:
+        return values.astype(np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be a number or a numeric array, got {value!r}") from err
+
+
+def _bad_values(name: str, value: Any, is_bad) -> bool:
+    values = _as_float64(name, value)
+    return values is not None and bool(np.any(is_bad(values)))
 
 
 def _knob_leaves(sampler: Any) -> list[tuple[str, Any]]:
@@ -182,9 +249,42 @@ def _knob_leaves(sampler: Any) -> list[tuple[str, Any]]:
     return pairs
 
 
+_PROCESSORS = (Temperature, TopK, TopP, MinP)
+
+
+def check_sampler_type(sampler: Any) -> None:
+    """``sampler`` must be a sampler (``Greedy()``, ``Categorical(processors)`` or another
+    object with ``sample`` and ``log_probs``), not a logits processor or anything else; a
+    ``Categorical``'s processors must be a tuple of processors."""
+    if isinstance(sampler, _PROCESSORS):
+        name = type(sampler).__name__
+        raise ValueError(
+            f"sampler is a {name}, a logits processor, not a sampler; wrap it: sampler=Categorical(({name}(...),))"
+        )
+    if not (callable(getattr(sampler, "sample", None)) and callable(getattr(sampler, "log_probs", None))):
+        raise ValueError(
+            f"sampler must be Greedy() or Categorical(processors) (a decoding.samplers.Sampler), got {sampler!r}"
+        )
+    if isinstance(sampler, Categorical):
+        processors = sampler.processors
+        if not isinstance(processors, (tuple, list)):
+            raise ValueError(
+                f"Categorical.processors must be a tuple of logits processors, got a {type(processors).__name__}; "
+                f"write Categorical(({type(processors).__name__}(...),)) with a trailing comma"
+            )
+        for i, processor in enumerate(processors):
+            if not callable(processor) or hasattr(processor, "sample"):
+                raise ValueError(
+                    f"Categorical.processors[{i}] is a {type(processor).__name__}, not a logits processor "
+                    "(Temperature, TopK, TopP or MinP)"
+                )
+
+
 def check_sampler(sampler: Any, key: Any, batch: int | None = None) -> None:
-    """Concrete knob values in range, each knob a scalar or (with ``batch`` given) an array of
-    shape [batch], and a key for every sampler that draws random numbers."""
+    """A sampler (:func:`check_sampler_type`) with concrete knob values finite and in range,
+    each knob a scalar or (with ``batch`` given) an array of shape [batch], and a key for
+    every sampler that draws random numbers."""
+    check_sampler_type(sampler)
     if key is None and not isinstance(sampler, Greedy):
         raise ValueError(f"{type(sampler).__name__} samples at random; pass key=jax.random.key(seed)")
     if batch is not None:
@@ -192,14 +292,184 @@ def check_sampler(sampler: Any, key: Any, batch: int | None = None) -> None:
             shape = np.shape(value)
             if shape not in ((), (batch,)):
                 raise ValueError(f"{name} must be a scalar or a per-row array of shape ({batch},), got shape {shape}")
-    knobs = jax.tree.leaves(sampler, is_leaf=lambda x: isinstance(x, (Temperature, TopP, MinP)))
+    knobs = jax.tree.leaves(sampler, is_leaf=lambda x: isinstance(x, _PROCESSORS))
     for knob in knobs:
-        if isinstance(knob, Temperature) and _bad_values(knob.value, lambda v: np.isnan(v) | (v < 0)):
-            raise ValueError(f"temperature must be >= 0 (0 means greedy), got {np.asarray(knob.value).tolist()}")
-        if isinstance(knob, TopP) and _bad_values(knob.p, lambda v: np.isnan(v) | (v < 0) | (v > 1)):
+        if isinstance(knob, Temperature) and _bad_values("Temperature.value", knob.value, lambda v: ~np.isfinite(v) | (v < 0)):
+            raise ValueError(
+                f"temperature must be >= 0 (0 means greedy) and finite, got {np.asarray(knob.value).tolist()}"
+            )
+        if isinstance(knob, TopP) and _bad_values("TopP.p", knob.p, lambda v: ~np.isfinite(v) | (v < 0) | (v > 1)):
             raise ValueError(f"top-p must be a number in [0, 1], got {np.asarray(knob.p).tolist()}")
-        if isinstance(knob, MinP) and _bad_values(knob.p, lambda v: np.isnan(v) | (v > 1)):
-            raise ValueError(f"min-p must be <= 1 (a larger value removes every token), got {np.asarray(knob.p).tolist()}")
+        if isinstance(knob, MinP) and _bad_values("MinP.p", knob.p, lambda v: ~np.isfinite(v) | (v > 1)):
+            raise ValueError(
+                f"min-p must be finite and <= 1 (a larger value removes every token), got {np.asarray(knob.p).tolist()}"
+            )
+        if isinstance(knob, TopK) and _bad_values(
+            "TopK.k", knob.k, lambda v: ~np.isfinite(v) | (v != np.round(v)) | (v < INT32_MIN) | (v > INT32_MAX)
+        ):
+            raise ValueError(f"top-k must be an integer that fits int32 (<= 0 keeps all), got {np.asarray(knob.k).tolist()}")
+
+
+def check_int(name: str, value: Any, low: int, high: int) -> int:
+    """``value`` as a Python int in ``[low, high]`` (a Python or NumPy integer or a 0-d integer
+    array, not a bool or a float), checked before any narrowing cast."""
+    if isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) == 0 and not isinstance(value, jax.core.Tracer):
+        if np.issubdtype(np.asarray(value).dtype, np.integer):
+            value = int(np.asarray(value))
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
+    return int(value)
+
+
+def check_pad_id(pad_id: Any) -> jax.Array:  # int32 []
+    """``pad_id`` (any int that fits int32: it only fills unused slots) as an int32 scalar."""
+    return jnp.asarray(check_int("pad_id", pad_id, INT32_MIN, INT32_MAX), jnp.int32)
+
+
+def check_finite(name: str, value: Any, batch: int, *, minimum: float | None = None) -> jax.Array:  # float32 [batch]
+    """A float knob that is a scalar or [batch], finite (and ``>= minimum``), as float32 [batch].
+    A tracer skips the value test."""
+    shape = np.shape(value)
+    if shape not in ((), (batch,)):
+        raise ValueError(f"{name} must be a scalar or shape ({batch},), got shape {shape}")
+    values = _as_float64(name, value)
+    if values is not None:
+        bad = ~np.isfinite(values) | (False if minimum is None else values < minimum)
+        if np.any(bad):
+            at = "" if values.ndim == 0 else f" (row {int(np.argmax(bad))})"
+            floor = "" if minimum is None else f" and >= {minimum}"
+            raise ValueError(f"{name} must be finite{floor}, got {values.tolist()}{at}")
+    return jnp.broadcast_to(jnp.asarray(value, jnp.float32), (batch,))
+
+
+def check_vocab_size(vocab_size: Any, model_vocab: int) -> int:
+    """An explicit ``vocab_size=`` may be smaller than the model's logits width (a padded
+    vocabulary) but never larger: ids beyond the embedding table would be read out of range."""
+    vocab_size = check_int("vocab_size", vocab_size, 1, INT32_MAX)
+    if vocab_size > model_vocab:
+        raise ValueError(
+            f"vocab_size={vocab_size} exceeds the model's vocabulary ({model_vocab} logits per position): ids "
+            f"at or above {model_vocab} would be read outside its embedding table"
+        )
+    return vocab_size
+
+
+def _path(prefix: str, path: tuple) -> str:
+    """``prefix.a.0`` for a key path (``prefix`` alone at the root)."""
+    return ".".join(filter(None, [prefix, jax.tree_util.keystr(path, simple=True, separator=".")]))
+
+
+def _tracer_paths(prefix: str, tree: Any) -> list[str]:
+    return [
+        _path(prefix, path)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+        if isinstance(leaf, jax.core.Tracer)
+    ]
+
+
+def _deleted_paths(prefix: str, tree: Any) -> list[str]:
+    return [
+        _path(prefix, path)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+        if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer) and leaf.is_deleted()
+    ]
+
+
+def check_cache(cache: Any, batch: int, what: str = "cache") -> np.ndarray:  # int32 [batch]
+    """The cache follows :class:`decoding.protocol.DecodeCache` with a concrete capacity and
+    one length per prompt, each in ``[0, capacity]``; returns the lengths as int32."""
+    if not hasattr(cache, "lengths") or not hasattr(cache, "capacity"):
+        raise ValueError(
+            f"{what} must follow decoding.protocol.DecodeCache (lengths and capacity), got {type(cache).__name__}"
+        )
+    capacity = cache.capacity
+    if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity < 1:
+        raise ValueError(f"{what}.capacity must be a positive int, got {capacity!r}")
+    lengths = np.asarray(cache.lengths)
+    if lengths.ndim != 1 or lengths.shape[0] != batch:
+        raise ValueError(
+            f"the {what} has batch {lengths.shape[0] if lengths.ndim else lengths.shape} but the prompts have batch {batch}"
+        )
+    if not np.issubdtype(lengths.dtype, np.integer):
+        raise ValueError(f"{what}.lengths must be integers, got dtype {lengths.dtype}")
+    bad = (lengths < 0) | (lengths > capacity)
+    if np.any(bad):
+        row = int(np.argmax(bad))
+        raise ValueError(
+            f"{what}.lengths[{row}] = {lengths[row]} is outside [0, capacity {capacity}]: the cache state is "
+            "corrupt; start from a fresh cache"
+        )
+    return lengths.astype(np.int32)
+
+
+def check_live(entry: str, name: str, tree: Any) -> None:
+    """No array of ``tree`` (a cache or params) has been deleted, else :class:`DonatedCacheError`."""
+    deleted = _deleted_paths(name.replace(" ", "_"), tree)
+    if deleted:
+        hint = (
+            "it was donated to an earlier generate / speculative_generate call, whose out.cache now owns its "
+            "buffers: pass that out.cache (or a fresh cache) instead of the old one"
+            if "cache" in name
+            else "they were deleted or donated elsewhere; pass live arrays"
+        )
+        raise DonatedCacheError(f"{entry}: the {name} holds deleted arrays ({', '.join(deleted[:3])}): {hint}")
+
+
+def check_call(
+    entry: str,
+    core: str,
+    params: Any,
+    cache: Any,
+    prompts: Any,
+    prompt_lengths: Any,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # int32 [batch, P], int32 [batch], int32 [batch]
+    """The checks every public entry point starts with, in this order:
+
+    1. prompts, prompt lengths and the cache lengths are concrete: a tracer means the entry
+       point runs under ``jax.jit`` / ``vmap`` / ``grad``, where its checks cannot see values
+       (:class:`TracedCallError` naming ``core``, the traceable function to call instead);
+    2. no array of ``params`` or ``cache`` has been deleted (:class:`DonatedCacheError`);
+    3. :func:`check_prompts`, then :func:`check_cache`.
+
+    Returns the prompts, prompt lengths and cache lengths as int32 NumPy arrays.
+    """
+    traced = _tracer_paths("prompts", prompts) + _tracer_paths("prompt_lengths", prompt_lengths)
+    traced += _tracer_paths("cache.lengths", getattr(cache, "lengths", None))
+    if traced:
+        raise TracedCallError(
+            f"{entry} was called with traced values ({', '.join(traced)}): it is a host-side entry point that "
+            f"checks its inputs and cannot run under jax.jit, vmap or grad. Inside your own jit call the traceable "
+            f"core instead: {core}, with prompts and settings prepared outside the trace."
+        )
+    check_live(entry, "cache", cache)
+    check_live(entry, "params", params)
+    prompts_np, lengths_np = check_prompts(prompts, prompt_lengths)
+    cache_lengths = check_cache(cache, prompts_np.shape[0])
+    return prompts_np, lengths_np, cache_lengths
+
+
+# ---------------------------------------------------------------- the non-finite signal (traced)
+
+
+def nonfinite_logits(
+    log_probs: jax.Array,  # float32 [..., vocab]  log_softmax of a model's logits
+) -> jax.Array:  # bool [...]
+    """Whether the logits behind ``log_probs`` were bad: NaN or +inf anywhere, or every entry
+    -inf. Each of these makes the whole log-softmax row NaN; finite logits with some -inf
+    entries do not. Traced."""
+    return jnp.any(jnp.isnan(log_probs), axis=-1)
+
+
+def nonfinite_emitted(
+    log_probs: jax.Array,  # float32 [batch, width]  model log-probabilities of the emitted tokens
+    lengths: jax.Array,  # int32 [batch]  emitted tokens per row
+) -> jax.Array:  # bool [batch]
+    """Whether any emitted token of a row has a non-finite log-probability (NaN or -inf): the
+    logits it was chosen from were bad (see the module docstring). Traced."""
+    emitted = jnp.arange(log_probs.shape[1])[None, :] < lengths[:, None]
+    return jnp.any(emitted & ~jnp.isfinite(log_probs), axis=1)
 
 
 def normalize_sampler(sampler: Any) -> Any:
