@@ -7,10 +7,15 @@
     cold items (a seeded ``cold_fraction`` of the catalog) are removed from the training events
     --> train_retriever (resumable)  --> evaluate / the batch job
 
-Embeddings: a table's own embedding column when it has one (the synthetic data's content
-features), else :func:`retrieval.embeddings.content_embeddings` of its attribute and text
-columns. Content, not collaborative signal, because cold items have no interactions: their IDs
-must come from what they are, so they share prefixes with similar warm items.
+Embeddings (``DataSettings.embeddings``):
+
+* ``"content"`` (default): a table's own embedding column when it has one (the synthetic data's
+  content features), else :func:`retrieval.embeddings.content_embeddings` of its attribute and
+  text columns. Cold items have no interactions, so their IDs must come from what they are:
+  then they share prefixes with similar warm items.
+* ``"hybrid"``: the content embedding concatenated with a collaborative one (truncated SVD of
+  item co-occurrence in the *training* events only, so nothing of valid/test leaks into the
+  IDs); cold items' collaborative part is zero, so their IDs still come from content.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from retrieval.catalog import Catalog, TokenLayout
-from retrieval.embeddings import content_embeddings
+from retrieval.embeddings import content_embeddings, cooccurrence_embeddings
 from retrieval.movielens import load_movielens_100k
 from retrieval.preprocess import Examples, Sequences, Split, k_core, leave_one_out, user_sequences
 from retrieval.semantic_ids import CodeStats, build_semantic_ids
@@ -29,6 +34,7 @@ from retrieval.synthetic import synthetic_dataset
 from retrieval.tables import Interactions, ItemTable
 
 DATASETS = ("synthetic", "movielens-100k")
+EMBEDDINGS = ("content", "hybrid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +47,7 @@ class DataSettings:
     levels: int = 3
     codebook_size: int = 32
     cold_fraction: float = 0.05
+    embeddings: str = "content"  # "content" or "hybrid" (see the module docstring)
     seed: int = 0
     synthetic_users: int = 2000  # sizes of the synthetic data set
     synthetic_items: int = 1000
@@ -50,6 +57,8 @@ class DataSettings:
             raise ValueError(f"unknown dataset {self.dataset!r}; built in: {DATASETS}")
         if self.max_history < 1 or self.levels < 1 or self.codebook_size < 2:
             raise ValueError(f"need max_history >= 1, levels >= 1, codebook_size >= 2; got {self}")
+        if self.embeddings not in EMBEDDINGS:
+            raise ValueError(f"embeddings must be one of {EMBEDDINGS}, got {self.embeddings!r}")
         if not 0.0 <= self.cold_fraction < 1.0:
             raise ValueError(f"cold_fraction must be in [0, 1), got {self.cold_fraction}")
 
@@ -62,7 +71,7 @@ class Prepared:
     split: Split  # train sequences have the cold items removed
     cold_items: np.ndarray  # int32 [c]  catalog rows never seen in training
     code_stats: CodeStats
-    embedding_source: str  # "given" or "content"
+    embedding_source: str  # "given" or "content", "+ co-occurrence" for hybrid
 
 
 def load_tables(settings: DataSettings) -> tuple[ItemTable, Interactions]:
@@ -105,22 +114,28 @@ def _drop_targets(examples: Examples, removed: np.ndarray) -> Examples:
 
 
 def prepare(items: ItemTable, interactions: Interactions, settings: DataSettings) -> Prepared:
-    """k-core, semantic IDs, the leave-one-out split and the cold items (see the module docstring)."""
+    """k-core, the leave-one-out split, the cold items, then semantic IDs (see the module docstring)."""
+    settings.validate()
     events = k_core(interactions, settings.k_core)
     if len(events) == 0:
         raise ValueError(f"no events survive the {settings.k_core}-core filter")
-    kept = np.unique(events.item_ids)
-    rows = items.index_of(kept)
+    rows = items.index_of(np.unique(events.item_ids))
     attributes = {name: values[rows] for name, values in items.attributes.items()}
     table = ItemTable(items.item_ids[rows], attributes, None if items.embeddings is None else items.embeddings[rows])
+    split = leave_one_out(user_sequences(events, table.item_ids), settings.max_history)
+    rng = np.random.default_rng((settings.seed, 7))
+    num_cold = int(round(settings.cold_fraction * table.num_items))
+    cold = np.sort(rng.choice(table.num_items, size=num_cold, replace=False)).astype(np.int32)
+    split = dataclasses.replace(split, train=_remove_items(split.train, cold), valid=_drop_targets(split.valid, cold))
+
     embeddings, source = item_embeddings(table, settings.seed)
+    if settings.embeddings == "hybrid":
+        train = split.train
+        collaborative = cooccurrence_embeddings(train.offsets, train.items, table.num_items, dim=embeddings.shape[1],
+                                                seed=settings.seed)
+        embeddings, source = np.concatenate([embeddings, collaborative], axis=1), source + " + co-occurrence"
     ids = build_semantic_ids(embeddings, levels=settings.levels, codebook_size=settings.codebook_size, seed=settings.seed)
     catalog = Catalog(table.item_ids, ids.codes, TokenLayout(ids.level_sizes), attributes)
-    split = leave_one_out(user_sequences(events, catalog.item_ids), settings.max_history)
-    rng = np.random.default_rng((settings.seed, 7))
-    num_cold = int(round(settings.cold_fraction * catalog.num_items))
-    cold = np.sort(rng.choice(catalog.num_items, size=num_cold, replace=False)).astype(np.int32)
-    split = dataclasses.replace(split, train=_remove_items(split.train, cold), valid=_drop_targets(split.valid, cold))
     return Prepared(catalog, split, cold, ids.stats, source)
 
 

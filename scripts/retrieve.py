@@ -68,13 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _end_to_end(args: argparse.Namespace) -> dict:
     from retrieval.end_to_end import run_end_to_end
     from retrieval.evaluate import EvalSettings, format_table
-    from retrieval.pipeline import DataSettings
-    from retrieval.recipes import training_recipe
+    from retrieval.recipes import data_recipe, training_recipe
 
     workdir = args.workdir or os.path.join("runs", "retrieval", args.dataset)
     train = training_recipe(args.dataset, steps=args.steps, model_size=args.model_size)
     exact_users = None if args.exact_users == 0 else args.exact_users
-    results = run_end_to_end(workdir, DataSettings(dataset=args.dataset), train,
+    results = run_end_to_end(workdir, data_recipe(args.dataset), train,
                              evaluation=EvalSettings(exact_users=exact_users), progress=not args.no_progress)
     data = results["data"]
     print(f"\n{args.dataset}: {data['items']} items ({data['cold_items']} cold), {data['users']} users, "

@@ -64,3 +64,26 @@ def test_end_to_end_scores_the_job_output(tmp_path):
     assert cold["events"] > 0 and 0.0 <= cold[f"constrained_to_cold recall@{cold['k']}"] <= 1.0
     assert "constrained beam" in format_table(table, "small")
     assert os.path.exists(tmp_path / "output" / "manifest.json")
+
+
+def test_hybrid_ids_use_training_events_only():
+    """Hybrid semantic IDs read co-occurrence of the training events alone: changing every
+    user's held-out test item leaves the catalog's IDs unchanged."""
+    from retrieval.pipeline import load_tables, prepare
+    from retrieval.tables import Interactions
+
+    settings = dataclasses.replace(SMALL_DATA, embeddings="hybrid")
+    items, events = load_tables(settings)
+    base = prepare(items, events, settings)
+    assert "co-occurrence" in base.embedding_source
+    assert len(np.unique(base.catalog.codes, axis=0)) == base.catalog.num_items
+    # Each user's latest event is its test target; point them all at one other item.
+    order = np.lexsort((np.arange(len(events)), events.timestamps, events.user_ids))
+    last = order[np.r_[np.flatnonzero(events.user_ids[order][1:] != events.user_ids[order][:-1]), len(order) - 1]]
+    item_ids = events.item_ids.copy()
+    item_ids[last] = base.catalog.item_ids[0]
+    changed = prepare(items, Interactions(events.user_ids, item_ids, events.timestamps, events.source, events.lines),
+                      settings)
+    assert (changed.catalog.codes == base.catalog.codes).all()
+    content = prepare(items, events, SMALL_DATA)
+    assert not (content.catalog.codes.shape == base.catalog.codes.shape and (content.catalog.codes == base.catalog.codes).all())
