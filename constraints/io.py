@@ -1,13 +1,25 @@
 """Save and load a :class:`~constraints.index.TrieIndex` as one ``.npz`` file.
 
 The file holds the four arrays plus ``meta``: a JSON string with a format name, a format
-version and the static metadata. Loading checks all of it (format, version, dtypes, shapes,
-the CSR invariants that ops rely on for in-range gathers) and raises a ValueError naming the
-path when anything is off: a truncated or foreign file never becomes a corrupt index.
+version, the static metadata and (format 2) a SHA-256 checksum of every metadata field and
+every array. Loading checks all of it and raises a ValueError naming the path and the field
+or array when anything is off, so a truncated, foreign or edited file never becomes a corrupt
+index (which beam search would search silently, finding fewer items or none):
+
+1. the format name and version, and that every metadata field is present and of its type;
+2. the arrays against the metadata: dtypes and shapes, the CSR invariants that ops rely on for
+   in-range gathers, and every field the arrays determine (``level_sizes``, ``depth``,
+   ``max_branching``, ``num_items``, ``dense_levels``, ``fixed_length``, ``eos_id``: the token
+   of every edge into a leaf, ``vocab_size``: above every edge token);
+3. the checksums (what no structural check can see, e.g. a ``vocab_size`` edited within the
+   same token dtype, or arrays and metadata edited together consistently).
+
+Format 1 files (no checksums, written before this version) still load, with checks 1 and 2.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import zipfile
@@ -19,16 +31,31 @@ from constraints.dense import dense_tables
 from constraints.index import TrieIndex, rank_dtype, token_dtype, words_per_row
 
 FORMAT_NAME = "jax-decoding.constraints.TrieIndex"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: no checksums
 _ARRAYS = ("indptr", "tokens", "dense_bits", "dense_rank")
 _META_KEYS = ("vocab_size", "depth", "max_branching", "eos_id", "fixed_length", "num_items", "level_sizes", "dense_levels")
+_REBUILD = "rebuild it (scripts/build_index.py, or constraints.build_*_index then save_index)"
+
+
+def _field_checksum(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def _array_checksum(array: np.ndarray) -> str:
+    digest = hashlib.sha256(f"{array.dtype.str}{list(array.shape)}".encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def save_index(path: str | os.PathLike, index: TrieIndex) -> None:
-    """Writes ``index`` to exactly ``path`` (no suffix is added)."""
+    """Writes ``index`` to exactly ``path`` (no suffix is added), with checksums."""
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION}
     meta.update({key: getattr(index, key) for key in _META_KEYS})
+    meta = json.loads(json.dumps(meta))  # tuples as lists: the values a load reads back
     arrays = {name: np.asarray(getattr(index, name)) for name in _ARRAYS}
+    meta["checksums"] = {key: _field_checksum(meta[key]) for key in _META_KEYS}
+    meta["checksums"].update({name: _array_checksum(array) for name, array in arrays.items()})
     with open(path, "wb") as f:
         np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
 
@@ -55,41 +82,85 @@ def _read(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
         raise ValueError(f"{path}: not a readable trie index file ({err})") from err
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise ValueError(f"{path}: not a trie index file (format {meta.get('format') if isinstance(meta, dict) else meta!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if not _is_int(meta.get("format_version")) or meta["format_version"] not in READABLE_VERSIONS:
         raise ValueError(
-            f"{path}: trie index format version {meta.get('format_version')!r}, this code reads version {FORMAT_VERSION}"
+            f"{path}: trie index format version {meta.get('format_version')!r}, this code reads versions "
+            f"{list(READABLE_VERSIONS)}; {_REBUILD} with this version"
         )
     missing = [key for key in _META_KEYS if key not in meta]
+    if meta["format_version"] >= 2 and not isinstance(meta.get("checksums"), dict):
+        missing.append("checksums")
     if missing:
         raise ValueError(f"{path}: trie index metadata lacks {missing}")
     return meta, arrays
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_types(path, meta: dict) -> None:
+    """Each metadata field has its type and basic range (else a ValueError naming it)."""
+
+    def bad(key: str, expected: str) -> ValueError:
+        return ValueError(f"{path}: metadata {key}={meta[key]!r} is not {expected}")
+
+    if not _is_int(meta["vocab_size"]) or not 1 <= meta["vocab_size"] <= np.iinfo(np.int32).max:
+        raise bad("vocab_size", "an int in [1, 2**31 - 1]")
+    for key in ("level_sizes", "max_branching"):
+        value = meta[key]
+        if not isinstance(value, list) or not value or not all(_is_int(v) and v >= 1 for v in value):
+            raise bad(key, "a non-empty list of positive ints")
+    if len(meta["level_sizes"]) < 2:
+        raise bad("level_sizes", "a list of at least 2 levels (root and items)")
+    for key in ("depth", "num_items"):
+        if not _is_int(meta[key]) or meta[key] < 1:
+            raise bad(key, "a positive int")
+    if not _is_int(meta["dense_levels"]) or not 0 <= meta["dense_levels"] <= len(meta["level_sizes"]) - 1:
+        raise bad("dense_levels", f"an int in [0, {len(meta['level_sizes']) - 1}] (the levels with rows)")
+    if not isinstance(meta["fixed_length"], bool):
+        raise bad("fixed_length", "a bool")
+    eos = meta["eos_id"]
+    if eos is not None and (not _is_int(eos) or not 0 <= eos < meta["vocab_size"]):
+        raise bad("eos_id", f"None or an id in the vocabulary [0, vocab_size={meta['vocab_size']})")
+    if meta["fixed_length"] != (eos is None):
+        raise ValueError(
+            f"{path}: metadata fixed_length={meta['fixed_length']!r} contradicts eos_id={eos!r} (a fixed-length "
+            "index has eos_id None, a variable-length one an EOS id)"
+        )
+
+
 def _check_consistent(path, meta: dict, arrays: dict[str, np.ndarray]) -> None:
-    """Raises a ValueError naming ``path`` when the arrays do not fit the metadata."""
+    """Raises a ValueError naming ``path`` (and the array or field) when the arrays do not fit
+    the metadata."""
     vocab, sizes, dense_levels = meta["vocab_size"], meta["level_sizes"], meta["dense_levels"]
     num_rows = sum(sizes[:-1])
     num_dense = sum(sizes[:dense_levels])
     words = words_per_row(vocab)
     expected = {
-        "indptr": (np.dtype(np.int32), (num_rows + 1,)),
-        "tokens": (token_dtype(vocab), (sum(sizes) - 1,)),
-        "dense_bits": (np.dtype(np.uint32), (num_dense, words)),
-        "dense_rank": (rank_dtype(vocab), (num_dense, words)),
+        "indptr": (np.dtype(np.int32), (num_rows + 1,), "level_sizes"),
+        "tokens": (token_dtype(vocab), (sum(sizes) - 1,), "level_sizes, vocab_size"),
+        "dense_bits": (np.dtype(np.uint32), (num_dense, words), "dense_levels, level_sizes, vocab_size"),
+        "dense_rank": (rank_dtype(vocab), (num_dense, words), "dense_levels, level_sizes, vocab_size"),
     }
-    for name, (dtype, shape) in expected.items():
+    for name, (dtype, shape, fields) in expected.items():
         got = arrays[name]
         if got.dtype != dtype or got.shape != shape:
-            raise ValueError(f"{path}: array {name} is {got.dtype}{list(got.shape)}, expected {dtype}{list(shape)}")
+            raise ValueError(
+                f"{path}: array {name} is {got.dtype}{list(got.shape)}, expected {dtype}{list(shape)} from the "
+                f"metadata ({fields})"
+            )
     indptr, tokens = arrays["indptr"], arrays["tokens"]
     if indptr[0] != 0 or indptr[-1] != tokens.shape[0] or (np.diff(indptr) < 0).any():
-        raise ValueError(f"{path}: indptr is not a valid CSR row pointer")
+        raise ValueError(f"{path}: array indptr is not a valid CSR row pointer")
     if tokens.size and (int(tokens.max()) >= vocab or int(tokens.min()) < 0):
-        raise ValueError(f"{path}: an edge token lies outside the vocabulary [0, {vocab})")
+        raise ValueError(
+            f"{path}: an edge token ({int(tokens.max())}) lies outside the vocabulary [0, vocab_size={vocab})"
+        )
     _check_derived_metadata(path, meta, indptr, tokens)
     bits, rank = dense_tables(indptr, tokens, num_dense, vocab)
     if not (np.array_equal(bits, arrays["dense_bits"]) and np.array_equal(rank, arrays["dense_rank"])):
-        raise ValueError(f"{path}: the dense tables do not match the edges")
+        raise ValueError(f"{path}: the dense tables (arrays dense_bits, dense_rank) do not match the edges")
 
 
 def _check_derived_metadata(path, meta: dict, indptr: np.ndarray, tokens: np.ndarray) -> None:
@@ -98,19 +169,62 @@ def _check_derived_metadata(path, meta: dict, indptr: np.ndarray, tokens: np.nda
     row_edges = np.diff(indptr.astype(np.int64))
     owner = np.repeat(np.arange(row_edges.shape[0]), row_edges)
     if ((tokens[1:] <= tokens[:-1]) & (owner[1:] == owner[:-1])).any():
-        raise ValueError(f"{path}: edge tokens are not strictly increasing within a state")
+        raise ValueError(f"{path}: array tokens: edge tokens are not strictly increasing within a state")
+    # Breadth-first numbering: level d + 1 holds exactly the edges leaving level d's rows.
+    derived_sizes, start = [1], 0
+    for _ in range(len(sizes) - 1):
+        stop = start + derived_sizes[-1]
+        if stop >= indptr.shape[0]:
+            break
+        derived_sizes.append(int(indptr[stop] - indptr[start]))
+        start = stop
+    if derived_sizes != sizes:
+        raise ValueError(f"{path}: metadata level_sizes={sizes!r} but the edges give {derived_sizes!r}")
     bounds = np.cumsum([0, *sizes[:-1]])
     widest = tuple(int(row_edges[a:b].max(initial=0)) for a, b in zip(bounds[:-1], bounds[1:]))
     derived = {
         "depth": len(sizes) - 1,
         "max_branching": widest,
         "num_items": int((row_edges == 0).sum()) + sizes[-1],
-        "fixed_length": meta["eos_id"] is None,
     }
     for key, value in derived.items():
         stored = tuple(meta[key]) if key == "max_branching" else meta[key]
         if stored != value:
             raise ValueError(f"{path}: metadata {key}={meta[key]!r} but the arrays give {value!r}")
+    # Items end at leaves: every leaf of a fixed-length index lies at the deepest level; in a
+    # variable-length one the edges into leaves are exactly the edges labelled eos_id.
+    is_leaf = np.ones(sum(sizes), bool)
+    is_leaf[: row_edges.shape[0]] = row_edges == 0
+    into_leaf = is_leaf[1:]  # edge e leads to state e + 1
+    eos = meta["eos_id"]
+    if eos is None:
+        if into_leaf[: tokens.shape[0] - sizes[-1]].any():
+            raise ValueError(
+                f"{path}: metadata fixed_length=True (eos_id None) but some items end before depth {len(sizes) - 1}"
+            )
+    elif not np.array_equal(tokens == eos, into_leaf):
+        edge = int(np.flatnonzero((tokens == eos) != into_leaf)[0])
+        raise ValueError(
+            f"{path}: metadata eos_id={eos} but edge {edge} (token {int(tokens[edge])}) "
+            f"{'ends' if into_leaf[edge] else 'does not end'} an item"
+        )
+
+
+def _check_checksums(path, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Every metadata field and array must match the checksum ``save_index`` wrote."""
+    stored = meta["checksums"]
+    for key in _META_KEYS:
+        if stored.get(key) != _field_checksum(meta[key]):
+            raise ValueError(
+                f"{path}: metadata {key}={meta[key]!r} does not match its checksum: the file was edited or corrupted "
+                f"after save_index wrote it; {_REBUILD}"
+            )
+    for name in _ARRAYS:
+        if stored.get(name) != _array_checksum(arrays[name]):
+            raise ValueError(
+                f"{path}: array {name} does not match its checksum: the file was edited or corrupted after "
+                f"save_index wrote it; {_REBUILD}"
+            )
 
 
 def load_index(path: str | os.PathLike) -> TrieIndex:
@@ -118,14 +232,14 @@ def load_index(path: str | os.PathLike) -> TrieIndex:
 
     Raises:
       FileNotFoundError: no file at ``path``.
-      ValueError: naming ``path``, for a truncated, foreign, wrong-version or
-        inconsistent file.
+      ValueError: naming ``path`` and the field or array, for a truncated, foreign,
+        wrong-version, inconsistent or edited file (see the module docstring).
     """
     meta, arrays = _read(path)
-    try:
-        _check_consistent(path, meta, arrays)
-    except (TypeError, IndexError) as err:
-        raise ValueError(f"{path}: malformed trie index metadata ({err})") from err
+    _check_types(path, meta)
+    _check_consistent(path, meta, arrays)
+    if meta["format_version"] >= 2:
+        _check_checksums(path, meta, arrays)
     eos_id = meta["eos_id"]
     return TrieIndex(
         indptr=jnp.asarray(arrays["indptr"]),
