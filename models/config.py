@@ -34,6 +34,9 @@ class Llama3RopeScaling:
     original_max_position: int
 
     def __post_init__(self):
+        numbers = (self.factor, self.low_freq_factor, self.high_freq_factor, self.original_max_position)
+        if not all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers):
+            raise ValueError(f"Llama3RopeScaling needs finite numbers, got {self}")
         if self.factor <= 0 or self.original_max_position <= 0:
             raise ValueError(f"Llama3RopeScaling needs factor > 0 and original_max_position > 0, got {self}")
         if not self.high_freq_factor > self.low_freq_factor:
@@ -99,7 +102,7 @@ class LlamaConfig:
         object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
         for field in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "hidden_dim"):
             value = getattr(self, field)
-            if not isinstance(value, (int, np.integer)) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
                 raise ValueError(f"LlamaConfig.{field} must be a positive int, got {value!r}")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(
@@ -107,11 +110,16 @@ class LlamaConfig:
             )
         if self.head_dim % 2:
             raise ValueError(f"LlamaConfig.head_dim must be even for RoPE, got {self.head_dim}")
-        if self.rope_theta <= 0 or self.norm_eps <= 0:
+        finite = all(
+            isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in (self.rope_theta, self.norm_eps)
+        )
+        if not finite or self.rope_theta <= 0 or self.norm_eps <= 0:
             raise ValueError(
-                f"LlamaConfig needs rope_theta > 0 and norm_eps > 0, got {self.rope_theta}, {self.norm_eps}"
+                f"LlamaConfig needs finite rope_theta > 0 and norm_eps > 0, got {self.rope_theta}, {self.norm_eps}"
             )
-        if self.sliding_window is not None and self.sliding_window <= 0:
+        window = self.sliding_window
+        if window is not None and (isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window <= 0):
             raise ValueError(f"LlamaConfig.sliding_window must be None or positive, got {self.sliding_window}")
         for field in ("param_dtype", "dtype"):
             if not jnp.issubdtype(getattr(self, field), jnp.floating):
