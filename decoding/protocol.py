@@ -24,6 +24,22 @@ The cache contract:
   reorder rows by parent beam, repeat rows for beams, and shard rows across devices without
   knowing the model (see :mod:`decoding.cache_rows`).
 * No hidden mutable state: the cache goes in and comes out.
+
+Optional row methods. A cache may define its own row operations; :mod:`decoding.cache_rows`
+then calls them instead of mapping every leaf:
+
+* ``cache.gather_rows(rows)`` (``rows`` int32 [new_batch], traced): new row ``i`` continues
+  old row ``rows[i]``. Beam search calls it to reorder beams by parent, and the sparse path
+  also for the expansion from ``batch`` to ``batch * beams`` rows (``rows[i]`` is then row
+  ``i // beams``). Beam search's rows never leave their prompt: ``rows[i]`` is always a row
+  of prompt ``i // beams``.
+* ``cache.repeat_rows(times)`` (``times`` a static int): the expansion, every row repeated
+  ``times`` times in place (rows [a, b] -> [a, a, b, b]).
+
+Such a cache may hold leaves that lead with the prompts rather than the rows (e.g.
+``models.BeamKVCache`` keeps each prompt's keys/values once, [batch, ...], and only its beams'
+suffixes per row, [batch * beams, ...]); splitting every leaf's leading axis evenly over
+devices still keeps each prompt's beams with it, since rows are beam-major within a prompt.
 """
 
 from __future__ import annotations
