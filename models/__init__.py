@@ -3,9 +3,11 @@
 Public API::
 
     from models import LlamaConfig, preset, PRESETS, Decoder, KVCache, init_params, init_cache, forward
+    from models import BeamKVCache, init_beam_cache, beam_cache_nbytes   # shared-prefix beam cache
     from models import load_hf_checkpoint, save_params, restore_params
 """
 
+from models.beam_cache import BeamKVCache, beam_cache_nbytes, init_beam_cache
 from models.checkpoint import restore_params, save_params
 from models.config import PRESETS, Llama3RopeScaling, LlamaConfig, preset
 from models.decoder import Decoder, KVCache, forward, init_cache, init_params
@@ -13,11 +15,14 @@ from models.hf_checkpoint import load_hf_checkpoint
 
 __all__ = [
     "PRESETS",
+    "BeamKVCache",
     "Decoder",
     "KVCache",
     "Llama3RopeScaling",
     "LlamaConfig",
+    "beam_cache_nbytes",
     "forward",
+    "init_beam_cache",
     "init_cache",
     "init_params",
     "load_hf_checkpoint",

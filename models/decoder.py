@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from models.beam_cache import BeamKVCache
 from models.config import LlamaConfig
 from models.layers import Transformer
 
@@ -107,6 +108,9 @@ class Decoder:
     * ``cache``: a :class:`KVCache` of this config. The T keys/values of each row are
       scattered at its positions (positions >= capacity are dropped, so valid entries are
       never clobbered); padding tokens land past the new length, where they are stale.
+      Or a :class:`models.beam_cache.BeamKVCache`: a call with its ``queries`` rows (before
+      the expansion, static) writes the shared prefix; a call with ``queries * beams`` rows
+      (after it) writes each row's suffix and reads its query's prefix once for all beams.
     * Returns logits float32 [batch, T, vocab]; entry ``[b, t]`` is the next-token
       distribution after position ``lengths[b] + t``; entries with ``t >= num_valid[b]`` or
       at positions >= capacity are meaningless.
@@ -118,32 +122,38 @@ class Decoder:
         self,
         params: Params,
         tokens: jax.Array,  # int32 [batch, T]
-        cache: KVCache,
+        cache: KVCache | BeamKVCache,
         num_valid: jax.Array,  # int32 [batch]
-    ) -> tuple[jax.Array, KVCache]:  # float32 [batch, T, vocab], cache
+    ) -> tuple[jax.Array, KVCache | BeamKVCache]:  # float32 [batch, T, vocab], cache
         tokens = jnp.asarray(tokens, jnp.int32)
         num_valid = jnp.asarray(num_valid, jnp.int32)
         self._check(tokens, cache, num_valid)
         steps = tokens.shape[1]
         positions = cache.lengths[:, None] + jnp.arange(steps, dtype=jnp.int32)[None, :]
+        lengths = cache.lengths + jnp.clip(num_valid, 0, steps)
+        if isinstance(cache, BeamKVCache):
+            logits, layers = Transformer(self.config).apply({"params": params}, tokens, positions, cache.layers())
+            return logits, cache.with_layers(layers, lengths)
         kv = tuple(zip(cache.keys, cache.values))
         logits, kv = Transformer(self.config).apply({"params": params}, tokens, positions, kv)
-        lengths = cache.lengths + jnp.clip(num_valid, 0, steps)
         keys, values = zip(*kv)
         return logits, cache.replace(keys=tuple(keys), values=tuple(values), lengths=lengths)
 
-    def _check(self, tokens: jax.Array, cache: KVCache, num_valid: jax.Array) -> None:
+    def _check(self, tokens: jax.Array, cache: KVCache | BeamKVCache, num_valid: jax.Array) -> None:
         cfg = self.config
         if tokens.ndim != 2:
             raise ValueError(f"Decoder: tokens must be int32 [batch, T], got shape {tokens.shape}")
-        if len(cache.keys) != cfg.n_layers or len(cache.values) != cfg.n_layers:
-            raise ValueError(f"Decoder: cache has {len(cache.keys)} layers, config has {cfg.n_layers}")
-        expected = (tokens.shape[0], cfg.n_kv_heads, cache.capacity, cfg.head_dim)
-        if cache.keys[0].shape != expected:
-            raise ValueError(
-                f"Decoder: cache buffers have shape {cache.keys[0].shape}, expected [batch, n_kv_heads, "
-                f"capacity, head_dim] = {expected} for tokens of shape {tokens.shape}"
-            )
+        if isinstance(cache, BeamKVCache):
+            cache.check(cfg, tokens.shape[0])
+        else:
+            if len(cache.keys) != cfg.n_layers or len(cache.values) != cfg.n_layers:
+                raise ValueError(f"Decoder: cache has {len(cache.keys)} layers, config has {cfg.n_layers}")
+            expected = (tokens.shape[0], cfg.n_kv_heads, cache.capacity, cfg.head_dim)
+            if cache.keys[0].shape != expected:
+                raise ValueError(
+                    f"Decoder: cache buffers have shape {cache.keys[0].shape}, expected [batch, n_kv_heads, "
+                    f"capacity, head_dim] = {expected} for tokens of shape {tokens.shape}"
+                )
         if num_valid.shape != (tokens.shape[0],) or cache.lengths.shape != (tokens.shape[0],):
             raise ValueError(
                 f"Decoder: num_valid {num_valid.shape} and cache.lengths {cache.lengths.shape} must both be "
