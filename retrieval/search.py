@@ -28,7 +28,7 @@ from decoding import beam_search
 from decoding.beam_helpers import to_output
 from decoding.constrained import sparse_beam_search
 from decoding.sharding import REPLICATED, ROWS, data_size, param_shardings, run_on_mesh
-from models import Decoder, init_cache
+from models import Decoder, init_beam_cache, init_cache
 from retrieval.catalog import Catalog
 
 
@@ -183,7 +183,10 @@ def constrained_top_k(
             else None,
             max_excluded=excluded.shape[1],
         )
-        cache = init_cache(retriever.model.config, batch_size, retriever.capacity)
+        # The history's keys/values once per query, only the ID tokens per beam.
+        cache = init_beam_cache(
+            retriever.model.config, batch_size, num_beams, retriever.prompt_width, retriever.catalog.depth
+        )
         args = (params, cache, jnp.asarray(batch_prompts), jnp.asarray(batch_lengths), constraint)
         if mesh is None:
             out = _constrained_jit(retriever.model, num_beams, *args)
