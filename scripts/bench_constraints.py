@@ -158,7 +158,7 @@ def main(argv=None):
         "--vocabs", default="256,1024,8192,32768", help="vocab sweep at the largest item count ('' for none)"
     )
     parser.add_argument("--plot", metavar="PATH.png", default=None, help="PNG: decode / unconstrained vs items, vocab")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per method and setting (best reported)")
     parser.add_argument("--ppv-exact-max-vocab", type=int, default=4096, help="skip exact PPV above this vocab (slow)")
     parser.add_argument("--growth-rounds", type=int, default=30, help="interleaved rounds of the growth measurement")
     args = parser.parse_args(argv)

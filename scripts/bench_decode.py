@@ -207,7 +207,7 @@ PEER_COLUMNS = ["batch", "generate_tok_s", "hf_tok_s", "ours_over_hf", "same_tok
 
 def main(argv: list[str] | None = None) -> None:
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
-    parser.add_argument("--preset", default="small")
+    parser.add_argument("--preset", default="small", help="models preset to benchmark (default: small)")
     parser.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,8,32; 1,4 with --quick)")
     parser.add_argument("--prompt-len", type=int, default=None, help="default 64 (16 with --quick)")
     parser.add_argument("--new-tokens", type=int, default=None, help="default 128 (16 with --quick)")

@@ -29,41 +29,73 @@ from constraints import build_fixed_length_index, build_variable_length_index, m
 
 
 def _read_text_items(path: pathlib.Path) -> list[list[int]]:
-    """One token sequence per non-blank line; a line that is not all integers is an error."""
+    """One token sequence per non-blank line; a line that is not all integers, or a file that
+    is not UTF-8 text, is a ValueError naming the file and line."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}:{line}: not a text file of token ids (byte {err.start} is not UTF-8); fixed-length items go "
+            "in a .npy file"
+        ) from err
     seqs = []
-    with open(path) as f:
-        for line_number, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            try:
-                seqs.append([int(field) for field in fields])
-            except ValueError as err:
-                raise ValueError(f"{path}:{line_number}: not a space-separated list of token ids ({err})") from err
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            seqs.append([int(field) for field in fields])
+        except ValueError as err:
+            raise ValueError(f"{path}:{line_number}: not a space-separated list of token ids ({err})") from err
     return seqs
+
+
+def _read_items(path: pathlib.Path, is_npy: bool):
+    """The items of ``path``, or a SystemExit naming the file."""
+    try:
+        if is_npy:
+            items = np.load(path, allow_pickle=False)
+            if not isinstance(items, np.ndarray):
+                raise ValueError("a .npz archive, not one .npy array")
+            return items
+        return _read_text_items(path)
+    except FileNotFoundError as err:
+        raise SystemExit(f"{path}: no such file") from err
+    except (OSError, ValueError, EOFError) as err:
+        message = str(err) if str(err).startswith(str(path)) else f"{path}: cannot read the items ({err})"
+        raise SystemExit(message) from err
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("items", type=pathlib.Path, help=".npy int array [N, L], or a text file of sequences")
-    parser.add_argument("--vocab-size", type=int, required=True)
+    parser.add_argument("--vocab-size", type=int, required=True, help="token ids lie in [0, VOCAB_SIZE)")
     parser.add_argument("--eos-id", type=int, default=None, help="required for (and only for) text files")
     parser.add_argument("--out", type=pathlib.Path, required=True, help="index file to write")
     parser.add_argument("--dense-budget-bytes", type=int, default=None, help="default: a quarter of the CSR size")
     parser.add_argument("--json", type=pathlib.Path, default=None, help="also write the statistics here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if (args.items.suffix == ".npy") == (args.eos_id is not None):
+        parser.error("--eos-id is required for a text file of sequences and not allowed for a .npy file")
+    if args.vocab_size < 1:
+        parser.error(f"--vocab-size must be >= 1, got {args.vocab_size}")
+    if args.dense_budget_bytes is not None and args.dense_budget_bytes < 0:
+        parser.error(f"--dense-budget-bytes must be >= 0, got {args.dense_budget_bytes}")
+    if not args.out.parent.is_dir():
+        parser.error(f"--out {args.out}: the folder {args.out.parent} does not exist")
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Runs the CLI; returns the printed statistics as a dict."""
     args = _parse_args(argv)
     is_npy = args.items.suffix == ".npy"
-    if is_npy == (args.eos_id is not None):
-        raise SystemExit("--eos-id is required for a text file of sequences and not allowed for a .npy file")
 
     start = time.perf_counter()
-    items = np.load(args.items, allow_pickle=False) if is_npy else _read_text_items(args.items)
+    items = _read_items(args.items, is_npy)
     load_s = time.perf_counter() - start
 
     bar = tqdm(desc="build", unit="stage", disable=args.no_progress, file=sys.stderr)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -94,14 +95,22 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="small", help="model preset (ignored if --params has metadata.json)")
     parser.add_argument("--params", default=None, help="train_lm.py output folder or an Orbax params folder")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--temperature", type=float, default=0.8)
-    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="new tokens per prompt (default 64)")
+    parser.add_argument("--temperature", type=float, default=0.8, help="sampling temperature, finite and >= 0 (default 0.8)")
+    parser.add_argument("--top-p", type=float, default=0.95, help="nucleus mass in [0, 1] (default 0.95)")
     parser.add_argument("--eos-ids", type=int, nargs="*", default=[], help="stop token ids (none by default)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and of sampling (default 0)")
     parser.add_argument("--num-beams", type=int, default=5, help="items retrieved per prompt")
     args = parser.parse_args(argv)
     args.eos_ids = tuple(args.eos_ids)
+    if args.max_new_tokens < 1 or args.num_beams < 1:
+        parser.error("--max-new-tokens and --num-beams must be >= 1")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        parser.error(f"--temperature must be finite and >= 0, got {args.temperature}")
+    if not 0 <= args.top_p <= 1:
+        parser.error(f"--top-p must be in [0, 1], got {args.top_p}")
+    if args.params is not None and not os.path.isdir(args.params):
+        parser.error(f"--params {args.params}: no such folder")
 
     model, params, description = load_model(args.preset, args.params, args.seed)
     vocab_size = model.config.vocab_size

@@ -1,10 +1,11 @@
 """Writes colab/quickstart.ipynb from the README's API tour (so the notebook never drifts).
 
-Usage: python scripts/make_colab.py
+Usage: python scripts/make_colab.py [--out PATH]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import pathlib
 import re
@@ -52,10 +53,17 @@ def notebook() -> dict:
     }
 
 
-def main() -> None:
-    path = ROOT / "colab" / "quickstart.ipynb"
-    path.write_text(json.dumps(notebook(), indent=1) + "\n")
-    print(f"wrote {path}")
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--out",
+        type=pathlib.Path,
+        default=ROOT / "colab" / "quickstart.ipynb",
+        help="notebook to write (default: colab/quickstart.ipynb)",
+    )
+    args = parser.parse_args(argv)
+    args.out.write_text(json.dumps(notebook(), indent=1) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

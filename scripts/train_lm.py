@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import sysconfig
@@ -128,7 +129,7 @@ class TrainSettings:
         for name in ("steps", "batch", "seq_len", "checkpoint_every", "eval_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.warmup_steps < 0 or self.learning_rate <= 0:
+        if self.warmup_steps < 0 or not math.isfinite(self.learning_rate) or self.learning_rate <= 0:
             raise ValueError(f"need warmup_steps >= 0 and learning_rate > 0, got {self.warmup_steps}, {self.learning_rate}")
         if self.schedule_steps is not None and self.schedule_steps < self.steps:
             raise ValueError(f"schedule_steps ({self.schedule_steps}) must be >= steps ({self.steps})")
@@ -291,17 +292,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="small", help="models preset to train (default: small)")
     parser.add_argument("--both", action="store_true", help="train --preset into OUT/target and --draft-preset into OUT/draft")
-    parser.add_argument("--draft-preset", default="draft")
+    parser.add_argument("--draft-preset", default="draft", help="preset of the draft with --both (default: draft)")
     parser.add_argument("--out", required=True, help="output folder (resumes from its checkpoints)")
     defaults = TrainSettings()
-    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--steps", type=int, default=defaults.steps, help=f"optimizer steps (default {defaults.steps})")
     parser.add_argument("--schedule-steps", type=int, default=None, help="learning-rate schedule length (default: --steps)")
-    parser.add_argument("--batch", type=int, default=defaults.batch)
-    parser.add_argument("--seq-len", type=int, default=defaults.seq_len)
-    parser.add_argument("--lr", type=float, default=defaults.learning_rate)
-    parser.add_argument("--warmup", type=int, default=defaults.warmup_steps)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    parser.add_argument("--batch", type=int, default=defaults.batch, help=f"windows per step (default {defaults.batch})")
+    parser.add_argument("--seq-len", type=int, default=defaults.seq_len, help=f"bytes per window (default {defaults.seq_len})")
+    parser.add_argument("--lr", type=float, default=defaults.learning_rate, help=f"peak learning rate (default {defaults.learning_rate})")
+    parser.add_argument("--warmup", type=int, default=defaults.warmup_steps, help=f"linear warm-up steps (default {defaults.warmup_steps})")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help=f"initialization and batch-order seed (default {defaults.seed})")
+    parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every, help=f"steps between checkpoints (default {defaults.checkpoint_every})")
     parser.add_argument("--max-bytes", type=int, default=None, help="cap on corpus bytes per split")
     args = parser.parse_args(argv)
 
@@ -312,12 +313,21 @@ def main(argv: list[str] | None = None) -> None:
             checkpoint_every=args.checkpoint_every,
         )
 
-    corpus = load_corpus(args.max_bytes)
-    print(f"corpus: {corpus.train.shape[0]:,} train bytes, {corpus.heldout.shape[0]:,} held-out bytes "
-          f"({len(corpus.heldout_files)} held-out files)", file=sys.stderr)
     jobs = [(args.preset, args.out)]
     if args.both:
         jobs = [(args.preset, os.path.join(args.out, "target")), (args.draft_preset, os.path.join(args.out, "draft"))]
+    try:  # every argument is checked before the corpus is read or anything is written
+        for name, _ in jobs:
+            preset(name)
+            settings_for(name).validate()
+        if args.max_bytes is not None and args.max_bytes < 1:
+            raise ValueError(f"--max-bytes must be >= 1, got {args.max_bytes}")
+    except ValueError as err:
+        parser.error(str(err))
+
+    corpus = load_corpus(args.max_bytes)
+    print(f"corpus: {corpus.train.shape[0]:,} train bytes, {corpus.heldout.shape[0]:,} held-out bytes "
+          f"({len(corpus.heldout_files)} held-out files)", file=sys.stderr)
     for name, out_dir in jobs:
         result = train(settings_for(name), corpus, out_dir)
         print(json.dumps({k: result.metadata[k] for k in ("preset", "steps", "final_loss", "heldout_loss", "seconds_this_run")}))
