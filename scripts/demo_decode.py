@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     for name, sampler, key in samplers:
         out, (first_s, warm_s) = run(model, params, prompts, lengths, args, sampler, key)
+        _refuse_nonfinite(name, out.nonfinite)
         new_tokens = int(np.asarray(out.lengths).sum())
         print(f"\n== {name}: first call {first_s:.2f} s (includes compile), warm call {warm_s * 1e3:.1f} ms, "
               f"{new_tokens / warm_s:.0f} new tokens/s")
@@ -136,6 +137,13 @@ def main(argv: list[str] | None = None) -> None:
                   f"{show(np.asarray(out.tokens[row, :n]), vocab_size)}  (mean log p {mean_log_p:.2f})")
     if vocab_size == BYTE_VOCAB:
         retrieve(model, params, args)
+
+
+def _refuse_nonfinite(what: str, nonfinite) -> None:
+    """Stops with an error naming the rows that read non-finite logits (their output is noise)."""
+    rows = np.flatnonzero(np.asarray(nonfinite)).tolist()
+    if rows:
+        raise SystemExit(f"{what}: rows {rows} read non-finite logits (NaN or inf in the params?); their output is meaningless")
 
 
 def retrieve(model, params, args) -> None:
@@ -154,6 +162,7 @@ def retrieve(model, params, args) -> None:
             beam_search(model, params, cache, prompts, lengths, num_beams=args.num_beams, constraint=index)
         )
         seconds.append(time.perf_counter() - start)
+    _refuse_nonfinite("retrieval", out.nonfinite)
     print(f"\n== retrieval: {len(names)} stdlib module names as a trie (depth {index.depth}, built in "
           f"{build_s * 1e3:.0f} ms); constrained beam search, {args.num_beams} beams: first call "
           f"{seconds[0]:.2f} s (includes compile), warm call {seconds[1] * 1e3:.1f} ms")

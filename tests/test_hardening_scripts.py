@@ -88,3 +88,10 @@ def test_bad_values_are_refused_before_any_work(tmp_path, monkeypatch, capsys):
         with pytest.raises(SystemExit):
             demo.main(argv)
         assert message in capsys.readouterr().err
+
+
+def test_demo_reports_rows_with_nonfinite_logits():
+    demo = _load("demo_decode")
+    demo._refuse_nonfinite("greedy", np.array([False, False]))
+    with pytest.raises(SystemExit, match=r"greedy: rows \[1\] read non-finite logits"):
+        demo._refuse_nonfinite("greedy", np.array([False, True]))
