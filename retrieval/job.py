@@ -199,18 +199,17 @@ def _history_rows(
     """Catalog rows of each query's history: the last ``max_history`` for the prompt, all of
     them for the exclusion (width bucketed to a power of two >= max_history, to compile rarely)."""
     catalog, width = retriever.catalog, retriever.max_history
-    per_query = []
-    for q in range(start, stop):
-        ids = shard.history(q)
-        rows = catalog.rows_of(ids)
-        if (rows < 0).any():
-            if settings.unknown_items == "error":
-                bad = str(ids[np.flatnonzero(rows < 0)[0]])
-                raise DataError(shard.source, f"history item id {bad!r} is not in the catalog "
-                                f"(pass unknown_items='drop' to leave such items out)", line=int(shard.lines[q]),
-                                column=settings.history_column)
-            rows = rows[rows >= 0]
-        per_query.append(rows)
+    offsets = shard.history_offsets[start : stop + 1]
+    ids = shard.history_items[offsets[0] : offsets[-1]]
+    rows = catalog.rows_of(ids)  # one lookup for the whole chunk
+    unknown = np.flatnonzero(rows < 0)
+    if unknown.size and settings.unknown_items == "error":
+        query = start + int(np.searchsorted(offsets, offsets[0] + unknown[0], side="right")) - 1
+        raise DataError(shard.source, f"history item id {str(ids[unknown[0]])!r} is not in the catalog "
+                        f"(pass unknown_items='drop' to leave such items out)", line=int(shard.lines[query]),
+                        column=settings.history_column)
+    bounds = offsets - offsets[0]
+    per_query = [r[r >= 0] for r in np.split(rows, bounds[1:-1])]
     n = stop - start
     prompt = np.full((n, width), -1, np.int32)
     longest = max((len(r) for r in per_query), default=0)

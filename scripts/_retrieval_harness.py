@@ -1,25 +1,33 @@
 """The measuring half of scripts/bench_retrieval.py: the random catalog, the retriever model,
-the four decodes of one (catalog, batch, beams) setting timed in one harness, the per-case
-memory estimate and the NVIDIA-shape run.
+the five decodes of one (catalog, batch, beams) setting timed in one harness, the per-case
+memory estimates and the NVIDIA-shape run.
 
 The CLI (settings swept, tables, goals, JSON) is in bench_retrieval.py; this module prints
 nothing. Every method decodes the same prompts (BOS + ``HISTORY`` random catalog items' tokens,
-81 tokens, cache capacity 85) with the same model and params, and every method is timed as its
-compiled program(s) only: prompts, caches, the per-batch :class:`constraints.ItemFilter` and the
-host tries are built before timing, and the public entry points' host-side validation is not
-run in the timed calls (for every method alike). The host trie's per-step host work (prefix
-download, trie walk, mask upload) is the point of that baseline, so it is timed.
+81 tokens) with the same model and params, and every method is timed as its compiled
+program(s) only: prompts, caches, the per-batch :class:`constraints.ItemFilter` and the host
+tries are built before timing, and the public entry points' host-side validation is not run in
+the timed calls (for every method alike). The host trie's per-step host work (prefix download,
+trie walk, mask upload) is the point of that baseline, so it is timed.
+
+Two caches. The job (:func:`retrieval.search.constrained_top_k`) decodes with the shared-prefix
+:class:`models.BeamKVCache` (the history's keys/values once per query, 81 positions; 4 ID
+positions per beam row); the per-beam :class:`models.KVCache` (capacity 85 per beam row, the
+history repeated per beam) is what the other methods use and what the job used before.
 
 Methods (``METHODS``):
 
 * ``unconstrained``: :func:`decoding.beam_search.beam_search`'s dense program (``_dense_jit``
-  with the ``BeamSettings`` beam_search builds: no EOS, ``length_penalty=0``, width 4).
+  with the ``BeamSettings`` beam_search builds: no EOS, ``length_penalty=0``, width 4), per-beam
+  cache (as :func:`retrieval.search.unconstrained_top_k` runs it).
 * ``constrained (trie)``: the job's program (:data:`retrieval.search._constrained_jit`, the sparse
-  beam path) with a plain :class:`constraints.TrieIndex`.
-* ``constrained + history filter``: the same program with
+  beam path) with a plain :class:`constraints.TrieIndex` and the shared-prefix cache.
+* ``constrained + history filter``: the same program and cache with
   ``ItemFilter.for_rows(allowed.tables, allowed.index, excluded=<history leaf ranks>,
   max_excluded=32)`` as the job builds it (exclusion width: the power of two >= max_history).
-* ``host trie``: the ``prefix_allowed_tokens_fn`` pattern (GRID, OpenP5, LC-Rec): a Python loop
+* ``trie, per-beam cache``: ``constrained (trie)`` with the per-beam cache (the comparison:
+  same program, same outputs, ``shared_matches_per_beam`` checks it).
+* ``host trie`` (per-beam cache): the ``prefix_allowed_tokens_fn`` pattern (GRID, OpenP5, LC-Rec): a Python loop
   over the 4 steps; each step downloads the beams' prefixes, walks a dict-of-dicts trie on the
   host for every beam (:class:`constraints.baselines.HostTrie`), uploads the bool mask
   ``[batch, beams, vocab]`` and runs one jitted beam step with it (:func:`host_trie_search`).
@@ -60,7 +68,7 @@ from decoding.beam_helpers import (  # noqa: E402
 from decoding.beam_search import BeamSettings, _dense_jit  # noqa: E402
 from decoding.cache_rows import gather_rows, repeat_rows  # noqa: E402
 from decoding.prefill import prefill  # noqa: E402
-from models import Decoder, LlamaConfig, init_cache, init_params  # noqa: E402
+from models import Decoder, LlamaConfig, beam_cache_nbytes, init_beam_cache, init_cache, init_params  # noqa: E402
 from retrieval.catalog import Catalog, TokenLayout  # noqa: E402
 from retrieval.search import AllowedItems, _constrained_jit  # noqa: E402
 from retrieval.training import retriever_config  # noqa: E402
@@ -69,9 +77,13 @@ LEVELS = (256, 256, 256, 256)  # 4 levels x 256 codes: vocab 2 + 1024
 DEPTH = len(LEVELS)
 HISTORY = 20  # items per prompt: BOS + 20 * 4 = 81 tokens
 PROMPT_WIDTH = 1 + HISTORY * DEPTH
-CAPACITY = PROMPT_WIDTH + DEPTH  # 85
+CAPACITY = PROMPT_WIDTH + DEPTH  # 85: a per-beam cache row
+SUFFIX = DEPTH  # the shared-prefix cache's positions per beam row (the job's: the catalog depth)
 EXCLUDED_WIDTH = 32  # the job's exclusion width for 20-item histories (power of two >= max_history)
-METHODS = ("unconstrained", "constrained (trie)", "constrained + history filter", "host trie")
+METHODS = (
+    "unconstrained", "constrained (trie)", "constrained + history filter", "trie, per-beam cache", "host trie",
+)  # fmt: skip
+PER_BEAM_METHODS = ("unconstrained", "trie, per-beam cache", "host trie")  # the rest: shared-prefix cache
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,7 +191,8 @@ def kv_bytes_per_row(config: LlamaConfig, capacity: int) -> int:
 
 
 def estimate_gb(config: LlamaConfig, batch: int, beams: int, capacity: int) -> float:
-    """Peak device bytes of one beam search call, estimated before running it (GB).
+    """Peak device bytes of one beam search call with the per-beam cache, estimated before
+    running it (GB).
 
     ``2 x`` the ``batch * beams``-row KV cache (the cache a step reads and its copy gathered by
     parent) plus ``3 x`` the ``[rows, vocab]`` float32 logits (logits, log-softmax, candidate
@@ -190,6 +203,27 @@ def estimate_gb(config: LlamaConfig, batch: int, beams: int, capacity: int) -> f
     rows = batch * beams
     params = _param_count(config) * config.param_dtype.itemsize
     return (2 * rows * kv_bytes_per_row(config, capacity) + 3 * rows * config.vocab_size * 4 + params) / 1e9
+
+
+def estimate_shared_gb(config: LlamaConfig, batch: int, beams: int, prefix: int, suffix: int = SUFFIX) -> float:
+    """Peak device bytes of one constrained search with the shared-prefix cache, estimated
+    before running it (GB).
+
+    ``2 x`` the prefix (``batch`` rows of ``prefix`` positions: the argument and the prefilled
+    copy) + ``3 x`` the suffix (``batch * beams`` rows of ``suffix``: argument, written, gathered)
+    + ``3 x`` the ``[rows, vocab]`` logits + the params + the prefill's largest temporaries
+    (``batch x prefix`` tokens x (``n_heads x prefix`` attention scores + ``2 x hidden_dim``
+    SwiGLU + ``vocab`` logits) float32), which dominate at long histories. Calibrated on XLA's
+    ``memory_analysis`` of the job's program (``xla_gb``): tiny model, 81-token prompts, 256 x 200
+    rows: XLA 0.61 GB, this 1.1 GB; 1024 x 200: 2.4 vs 4.4 GB; NVIDIA's shape (16 x 200,
+    2,048-token history): 8.6 vs 9.5 GB.
+    """
+    rows = batch * beams
+    position = kv_bytes_per_row(config, 1)
+    prefill = batch * prefix * (config.n_heads * prefix + 2 * config.hidden_dim + config.vocab_size) * 4
+    params = _param_count(config) * config.param_dtype.itemsize
+    total = 2 * batch * prefix * position + 3 * rows * suffix * position + 3 * rows * config.vocab_size * 4
+    return (total + params + prefill) / 1e9
 
 
 def _param_count(config: LlamaConfig) -> int:
@@ -332,47 +366,61 @@ def run_case(
     repeats: int,
     with_host_trie: bool,
     top_k: int = 10,
+    per_beam: bool = True,
 ) -> dict[str, Any]:
     """Every method at one (catalog, batch, beams): compiled apart, then timed interleaved.
 
-    Returns one row: best and median seconds per call and queries/s per method, compile
-    seconds per method, XLA's memory estimate, the output checks (top-``min(top_k, beams)``),
-    and whether the host trie's top-K equals the sparse path's (``host_trie_matches``).
+    ``per_beam=False`` runs only the shared-prefix methods (the per-beam cache would not fit;
+    the host trie needs it too). Returns one row: best and median seconds per call and
+    queries/s per method, compile seconds per method, XLA's memory estimate, the output checks
+    (top-``min(top_k, beams)``), whether the host trie's top-K equals the sparse path's
+    (``host_trie_matches``) and whether the shared-prefix cache's equals the per-beam cache's
+    (``shared_matches_per_beam``).
     """
     batch = int(queries.prompts.shape[0])
-    cache = init_cache(model.config, batch, CAPACITY)
+    shared = init_beam_cache(model.config, batch, num_beams, PROMPT_WIDTH, SUFFIX)
     trie = corpus.allowed.index
-    base = (params, cache, queries.prompts, queries.lengths)
     runners: dict[str, tuple[Any, tuple]] = {}
     compile_s: dict[str, float] = {}
     xla_gb: dict[str, float | None] = {}
 
-    settings, pad = _unconstrained_settings(batch), jnp.zeros((), jnp.int32)
-    c, compile_s["unconstrained"] = compile_timed(
-        _dense_jit, model, *base, settings, pad, num_beams=num_beams, width=DEPTH
-    )
-    runners["unconstrained"], xla_gb["unconstrained"] = (c, base + (settings, pad)), _xla_gb(c)
-    for name, constraint in (("constrained (trie)", trie), ("constrained + history filter", queries.item_filter)):
-        c, compile_s[name] = compile_timed(_constrained_jit, model, num_beams, *base, constraint)
-        runners[name], xla_gb[name] = (c, base + (constraint,)), _xla_gb(c)
+    def constrained(name: str, cache: Any, constraint: Any) -> None:
+        args = (params, cache, queries.prompts, queries.lengths, constraint)
+        c, compile_s[name] = compile_timed(_constrained_jit, model, num_beams, *args)
+        runners[name], xla_gb[name] = (c, args), _xla_gb(c)
+
+    constrained("constrained (trie)", shared, trie)
+    constrained("constrained + history filter", shared, queries.item_filter)
+    with_host_trie = with_host_trie and per_beam
+    if per_beam:
+        cache = init_cache(model.config, batch, CAPACITY)
+        base = (params, cache, queries.prompts, queries.lengths)
+        settings, pad = _unconstrained_settings(batch), jnp.zeros((), jnp.int32)
+        c, compile_s["unconstrained"] = compile_timed(
+            _dense_jit, model, *base, settings, pad, num_beams=num_beams, width=DEPTH
+        )
+        runners["unconstrained"], xla_gb["unconstrained"] = (c, base + (settings, pad)), _xla_gb(c)
+        constrained("trie, per-beam cache", cache, trie)
     if with_host_trie:
         host = corpus.build_host_trie()
         pre, step, last, compile_s["host trie"] = compile_host_trie(model, num_beams, *base)
         runners["host trie"] = (functools.partial(host_trie_search, pre, step, last, host), base)
 
-    cases = {name: (fn, lambda args=args: args) for name, (fn, args) in runners.items()}
+    order = [m for m in METHODS if m in runners]
+    cases = {name: (runners[name][0], lambda args=runners[name][1]: args) for name in order}
     measured = measure_interleaved(cases, repeats=repeats)
 
     k = min(top_k, num_beams)
-    checks = {}
-    free = measured["unconstrained"].output
-    checks["unconstrained"] = _check_outputs(corpus.catalog, queries.history, free.sequences, free.valid, k)
-    outs = {}
-    for name in ("constrained (trie)", "constrained + history filter"):
-        out = measured[name].output
-        outs[name] = out
-        checks[name] = _check_outputs(corpus.catalog, queries.history, out.sequences, out.valid, k)
+    checks, outs = {}, {}
+    for name in ("unconstrained", "constrained (trie)", "constrained + history filter", "trie, per-beam cache"):
+        if name in measured:
+            outs[name] = out = measured[name].output
+            checks[name] = _check_outputs(corpus.catalog, queries.history, out.sequences, out.valid, k)
     row: dict[str, Any] = {"rows": batch * num_beams, "filter_prep_ms": queries.filter_prep_ms}
+    row["kv_gb"] = beam_cache_nbytes(model.config, batch, num_beams, PROMPT_WIDTH, SUFFIX) / 1e9
+    row["kv_gb_per_beam"] = batch * num_beams * kv_bytes_per_row(model.config, CAPACITY) / 1e9
+    if "trie, per-beam cache" in outs:
+        row["shared_matches_per_beam"] = same_top_k(outs["constrained (trie)"], outs["trie, per-beam cache"], k)
     if with_host_trie:
         live, tokens, host_s = measured["host trie"].output
         checks["host trie"] = _check_outputs(corpus.catalog, queries.history, tokens, np.isfinite(live), k)
@@ -389,6 +437,20 @@ def run_case(
             **checks[name],
         }
     return row
+
+
+def same_top_k(out: Any, reference: Any, k: int, atol: float = 1e-4) -> bool:
+    """Two beam outputs name the same valid hypotheses in the same order among their top
+    ``k``, with log-probs within ``atol`` (different programs: float sums differ slightly)."""
+    valid = np.asarray(reference.valid)[:, :k]
+    if not np.array_equal(np.asarray(out.valid)[:, :k], valid):
+        return False
+    same = np.where(valid[..., None], np.asarray(out.sequences)[:, :k] == np.asarray(reference.sequences)[:, :k], True)
+    close = np.allclose(
+        np.where(valid, np.asarray(out.log_probs)[:, :k], 0), np.where(valid, np.asarray(reference.log_probs)[:, :k], 0),
+        atol=atol,
+    )
+    return bool(same.all() and close)
 
 
 def host_trie_matches(sparse_out: Any, live: np.ndarray, tokens: np.ndarray, k: int, atol: float = 1e-4) -> bool:
@@ -418,12 +480,17 @@ def nvidia_config(hidden_dim: int = 4096, n_kv_heads: int = 8) -> LlamaConfig:
     )  # fmt: skip
 
 
-def nvidia_shapes(config: LlamaConfig, batch: int, beams: int, history: int, max_gb: float):
-    """The shape to run: the published one if its estimate fits ``max_gb``, else the first of
-    batch 1 with ``beams``, 50, 10 beams (same model and history) that fits; None if none fits."""
-    capacity = history + DEPTH
-    for b, k in ((batch, beams), (1, beams), (1, 50), (1, 10)):
-        if k <= beams and estimate_gb(config, b, k, capacity) <= max_gb:
+def nvidia_shapes(
+    config: LlamaConfig, batch: int, beams: int, history: int, max_gb: float, shared: bool = True
+) -> tuple[int, int] | None:
+    """The shape to run: the published one if its estimate fits ``max_gb``, else the largest
+    that does of ``batch`` halved down to 1 with ``beams``, then batch 1 with 50 and 10 beams
+    (same model and history); None if none fits. ``shared``: the shared-prefix cache's estimate
+    (:func:`estimate_shared_gb`), else the per-beam cache's (:func:`estimate_gb`)."""
+    halvings = [batch >> i for i in range(batch.bit_length()) if batch >> i >= 1]
+    for b, k in [(b, beams) for b in halvings] + [(1, 50), (1, 10)]:
+        est = estimate_shared_gb(config, b, k, history) if shared else estimate_gb(config, b, k, history + DEPTH)
+        if k <= beams and est <= max_gb:
             return b, k
     return None
 
@@ -433,6 +500,21 @@ def _prefill_only(model, params, cache, prompts, lengths):
     return prefill(model, params, cache, prompts, lengths)
 
 
+def _nvidia_prompts(corpus: Corpus, batch: int, history: int, seed: int) -> tuple[jax.Array, jax.Array]:
+    """BOS + ``history - 1`` ID tokens of random catalog items per row; every row full length."""
+    rng = np.random.default_rng(seed)
+    item_rows = rng.integers(0, corpus.catalog.num_items, (batch, -(-(history - 1) // DEPTH)))
+    tokens = corpus.catalog.tokens[item_rows].reshape(batch, -1)[:, : history - 1]
+    prompts = jnp.asarray(np.concatenate([np.ones((batch, 1), np.int32), tokens], axis=1))
+    return prompts, jnp.full((batch,), history, jnp.int32)
+
+
+def _valid_items(corpus: Corpus, out: Any) -> float:
+    items = corpus.catalog.items_of_tokens(np.asarray(out.sequences))
+    valid = np.asarray(out.valid)
+    return float(((items >= 0) & valid).sum() / max(int(valid.sum()), 1))
+
+
 def run_nvidia(
     config: LlamaConfig,
     corpus: Corpus,
@@ -440,20 +522,22 @@ def run_nvidia(
     batch: int = 16,
     beams: int = 200,
     history: int = 2048,
-    max_gb: float = 6.0,
+    max_gb: float = 12.0,
     repeats: int = 1,
     seed: int = 0,
+    compare: bool = True,
 ) -> dict[str, Any]:
-    """Constrained beam search (the job's program, plain trie) at NVIDIA's shape with random
-    weights, or at a scaled shape when the published one's memory estimate exceeds ``max_gb``.
+    """Constrained beam search (the job's program and cache: plain trie, shared-prefix cache)
+    at NVIDIA's shape with random weights, or at the largest scaled shape (:func:`nvidia_shapes`)
+    when the published one's memory estimate exceeds ``max_gb``.
 
     The history is ``history`` random ID tokens (BOS + ``history - 1``; the catalog's items,
     4 tokens each). Times the whole search and the prefill alone (each compiled apart, one
-    warm-up, best of ``repeats``). When scaled, ``est_prefill_ms_at_published_shape`` scales
-    the prefill by batch (compute-bound: a lower bound for the published shape on this machine)
-    and ``est_ms_at_published_shape`` adds the ID steps scaled by ``batch * beams`` rows (crude:
-    at a few rows a step mostly reads the weights, which does not grow with rows). Estimates,
-    not measurements.
+    warm-up, best of ``repeats``). When scaled, ``est_ms_at_published_shape`` scales the
+    measured time by batch (crude; an estimate, not a measurement). The per-beam cache's size
+    and estimate at the published shape are reported (``published_kv_gb_per_beam``: ~215 GB);
+    with ``compare``, both caches are also timed at the largest shape where the per-beam one
+    fits ``max_gb`` (``compare``: same program, same prompts; ``same_top_k`` checks the outputs).
     """
     capacity = history + DEPTH
     published = {"batch": batch, "beams": beams, "history": history}
@@ -464,27 +548,27 @@ def run_nvidia(
         "published": published,
         "params_m": _param_count(config) / 1e6,
         "items": corpus.catalog.num_items,
-        "published_est_gb": estimate_gb(config, batch, beams, capacity),
-        "kv_gb_per_beam_row": kv_bytes_per_row(config, capacity) / 1e9,
+        "cache": "shared prefix (models.BeamKVCache)",
+        "published_est_gb": estimate_shared_gb(config, batch, beams, history),
+        "published_kv_gb": beam_cache_nbytes(config, batch, beams, history, SUFFIX) / 1e9,
+        "published_est_gb_per_beam": estimate_gb(config, batch, beams, capacity),
+        "published_kv_gb_per_beam": batch * beams * kv_bytes_per_row(config, capacity) / 1e9,
     }
     shape = nvidia_shapes(config, batch, beams, history, max_gb)
     if shape is None:
-        return row | {"status": f"skipped: no shape fits --max-cache-gb {max_gb}"}
+        return row | {"status": f"skipped: no shape fits {max_gb:g} GB"}
     run_batch, run_beams = shape
     row |= {"batch": run_batch, "beams": run_beams, "history": history}
-    row["est_gb"] = estimate_gb(config, run_batch, run_beams, capacity)
+    row["est_gb"] = estimate_shared_gb(config, run_batch, run_beams, history)
+    row["kv_gb"] = beam_cache_nbytes(config, run_batch, run_beams, history, SUFFIX) / 1e9
     scaled = shape != (batch, beams)
-    row["status"] = "scaled (the published shape exceeds --max-cache-gb)" if scaled else "published shape"
+    row["status"] = f"scaled (the published shape's estimate exceeds {max_gb:g} GB)" if scaled else "published shape"
     model = Decoder(config)
     start = time.perf_counter()
     params = jax.block_until_ready(init_params(config, jax.random.key(seed)))
     row["init_s"] = time.perf_counter() - start
-    rng = np.random.default_rng(seed)
-    item_rows = rng.integers(0, corpus.catalog.num_items, (run_batch, -(-(history - 1) // DEPTH)))
-    tokens = corpus.catalog.tokens[item_rows].reshape(run_batch, -1)[:, : history - 1]
-    prompts = jnp.asarray(np.concatenate([np.ones((run_batch, 1), np.int32), tokens], axis=1))
-    lengths = jnp.full((run_batch,), history, jnp.int32)
-    cache = init_cache(config, run_batch, capacity)
+    prompts, lengths = _nvidia_prompts(corpus, run_batch, history, seed)
+    cache = init_beam_cache(config, run_batch, run_beams, history, SUFFIX)
     index = corpus.allowed.index
     search, row["compile_s"] = compile_timed(_constrained_jit, model, run_beams, params, cache, prompts, lengths, index)
     pre, row["prefill_compile_s"] = compile_timed(_prefill_only, model, params, cache, prompts, lengths)
@@ -495,18 +579,46 @@ def run_nvidia(
     }
     measured = measure_interleaved(cases, repeats=repeats)
     search_ms, prefill_ms = measured["search"].runs.min_s * 1e3, measured["prefill"].runs.min_s * 1e3
-    out = measured["search"].output
-    items = corpus.catalog.items_of_tokens(np.asarray(out.sequences))
     row |= {
         "ms_per_batch": search_ms,
         "prefill_ms": prefill_ms,
         "id_steps_ms": search_ms - prefill_ms,
-        "valid_items": float(((items >= 0) & np.asarray(out.valid)).sum() / max(int(np.asarray(out.valid).sum()), 1)),
+        "valid_items": _valid_items(corpus, measured["search"].output),
         "reference_ms_h100": 268.0,
     }
     if scaled:
-        steps_ms = max(search_ms - prefill_ms, 0.0)
-        rows_factor = (batch * beams) / (run_batch * run_beams)
-        row["est_prefill_ms_at_published_shape"] = prefill_ms * batch / run_batch
-        row["est_ms_at_published_shape"] = prefill_ms * batch / run_batch + steps_ms * rows_factor
+        row["est_ms_at_published_shape"] = search_ms * batch / run_batch
+    del measured, cases, search, pre, cache
+    if compare:
+        row["compare"] = _compare_caches(model, params, corpus, config, batch, beams, history, max_gb, repeats, seed)
     return row
+
+
+def _compare_caches(model, params, corpus, config, batch, beams, history, max_gb, repeats, seed) -> dict[str, Any]:
+    """The job's program with the shared-prefix and the per-beam cache at the largest shape
+    where the per-beam cache's estimate fits ``max_gb``: ms per batch each, XLA's GB each, and
+    whether their top-10 agree."""
+    shape = nvidia_shapes(config, batch, beams, history, max_gb, shared=False)
+    if shape is None:
+        return {"status": f"skipped: the per-beam cache fits {max_gb:g} GB at no shape"}
+    b, k = shape
+    prompts, lengths = _nvidia_prompts(corpus, b, history, seed)
+    index = corpus.allowed.index
+    caches = {
+        "shared": init_beam_cache(config, b, k, history, SUFFIX),
+        "per_beam": init_cache(config, b, history + DEPTH),
+    }
+    result: dict[str, Any] = {"batch": b, "beams": k, "history": history}
+    cases = {}
+    for name, cache in caches.items():
+        compiled, result[f"compile_s_{name}"] = compile_timed(
+            _constrained_jit, model, k, params, cache, prompts, lengths, index
+        )
+        result[f"xla_gb_{name}"] = _xla_gb(compiled)
+        cases[name] = (compiled, lambda cache=cache: (params, cache, prompts, lengths, index))
+    measured = measure_interleaved(cases, repeats=repeats)
+    for name in caches:
+        result[f"ms_{name}"] = measured[name].runs.min_s * 1e3
+    result["speedup"] = result["ms_per_beam"] / result["ms_shared"]
+    result["same_top_k"] = same_top_k(measured["shared"].output, measured["per_beam"].output, min(10, k))
+    return result

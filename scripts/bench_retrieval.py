@@ -1,21 +1,26 @@
 """Generative retrieval decode: queries/s of the job's constrained beam search vs unconstrained
-beam search vs a host-side trie, over catalogs of 4-level x 256-code semantic IDs.
+beam search vs a host-side trie, and the job's shared-prefix KV cache vs a per-beam one, over
+catalogs of 4-level x 256-code semantic IDs.
 
-Per catalog size x batch x beams, four methods decode the same queries (BOS + 20 random catalog
-items, 81 tokens; cache capacity 85; the job's ``retriever_config(vocab, "tiny")`` model with
-random weights; 4 ID tokens; see ``scripts/_retrieval_harness.py`` for each method):
-``unconstrained`` (beam_search's dense program), ``constrained (trie)`` and ``constrained +
-history filter`` (the job's sparse program, ``retrieval.search._constrained_jit``, with a plain
-TrieIndex / with the job's ItemFilter excluding each query's 20 history items) and ``host trie``
-(the ``prefix_allowed_tokens_fn`` pattern: a Python loop over the 4 steps, a host dict trie walk
-and a mask upload per step; ``host_side_ms`` is that host part of one call).
+Per catalog size x batch x beams, five methods decode the same queries (BOS + 20 random catalog
+items, 81 tokens; the job's ``retriever_config(vocab, "tiny")`` model with random weights; 4 ID
+tokens; see ``scripts/_retrieval_harness.py`` for each method): ``constrained (trie)`` and
+``constrained + history filter`` (the job's sparse program, ``retrieval.search._constrained_jit``,
+with its shared-prefix cache ``models.BeamKVCache``: the history's keys/values once per query,
+4 positions per beam; with a plain TrieIndex / with the job's ItemFilter excluding each query's
+20 history items), ``trie, per-beam cache`` (the same program with ``models.KVCache``: every beam
+row holds the 85-position history + IDs, as the job did before; ``trie/perbeam`` is the cache's
+speed-up, ``shared_match`` checks the two give the same top-10), ``unconstrained`` (beam_search's
+dense program, per-beam cache, as ``unconstrained_top_k`` runs it) and ``host trie`` (the
+``prefix_allowed_tokens_fn`` pattern, per-beam cache: a Python loop over the 4 steps, a host dict
+trie walk and a mask upload per step; ``host_side_ms`` is that host part of one call).
 
 Model calls differ by path, as the library runs them: the dense (unconstrained) program prefills
 all but the last prompt token and runs 4 steps on ``batch * beams`` rows (its first step feeds
 the last prompt token to every repeated beam row); the sparse program (and the host trie)
 prefills the whole prompt and runs 3 steps on ``batch * beams`` rows. So constrained /
-unconstrained measures the whole decode, one fewer full-width model step included, not the
-constraint's cost alone.
+unconstrained measures the whole decode, one fewer full-width model step and the shared-prefix
+cache included, not the constraint's cost alone (``trie/perbeam`` isolates the cache).
 
 What is timed: each method's compiled program(s) only, for every method alike: the public
 entry points' per-call host validation, prompt building and ``ItemFilter.for_rows`` are done
@@ -26,32 +31,35 @@ warm-up call each excluded); queries/s = batch / the best of ``--repeats`` calls
 shared: the least disturbed call is the estimate; medians are in the JSON). Ratios are taken
 between two methods of the same setting and run.
 
-Memory: a case whose estimated peak (``_retrieval_harness.estimate_gb``: 2 x the
-``batch * beams``-row KV cache + 3 x the ``[rows, vocab]`` logits + params) exceeds
-``--max-cache-gb`` is skipped and reported with the reason (by default batch 1024 x beam 200:
-204,800 cache rows, ~20 GB); XLA's own figure for the compiled programs is in ``xla_gb`` (at
-256 x 200 rows: 4.5 GB dense, 3.4 GB sparse, estimate 5.1 GB). The host
-trie runs only where ``batch * beams <= --host-trie-max-rows`` (it is slow; the table says
-where it ran). Every setting checks its outputs: the constrained top-10 must be catalog items
-(``valid`` = 1) with no history item under the filter, and the host trie's top-10 must equal
-the sparse path's (``host_match``).
+Memory: two estimates per case, made before running it: ``est_gb`` for the shared-prefix
+methods (``_retrieval_harness.estimate_shared_gb``) and ``est_gb_pb`` for the per-beam ones
+(``estimate_gb``: 2 x the ``batch * beams``-row KV cache + 3 x the ``[rows, vocab]`` logits +
+params). A case whose ``est_gb`` exceeds ``--max-cache-gb`` is skipped; one where only
+``est_gb_pb`` does runs the shared-prefix methods alone (by default batch 1024 x beam 200:
+204,800 rows, ~20 GB per-beam, ~4 GB shared). XLA's own figure for each compiled program is in
+``xla_gb`` (at 256 x 200 rows: 3.4 GB for the sparse program with the per-beam cache, 0.6 GB with
+the shared-prefix one). The host trie runs only where ``batch * beams <= --host-trie-max-rows``
+(it is slow; the table says where it ran). Every setting checks its outputs: the constrained
+top-10 must be catalog items (``valid`` = 1) with no history item under the filter, and the host
+trie's and the per-beam cache's top-10 must equal the shared-prefix sparse path's
+(``host_match``, ``shared_match``).
 
 NVIDIA's published shape (SID-GR: 4 x 256 IDs, beam 200, batch 16, history 2,048 tokens,
 8 layers, hidden 1,024, SwiGLU width ``--nvidia-hidden`` (4,096 by default), ``--nvidia-kv-heads``
 KV heads; 268 ms per batch with a KV cache on an H100) is timed with random weights, float32,
-constrained over the largest catalog. Our beam search keeps one KV cache row per beam (the
-history's KV repeated per beam), so the published shape needs ~3,200 rows x 67 MB; when that
-exceeds ``--max-cache-gb`` a scaled shape runs (batch 1, fewer beams, same model and history)
-and two estimates for the published shape are reported: the prefill scaled by batch (a lower
-bound) and that plus the ID steps scaled by rows (crude). ``--quick`` runs 1e4 items, batch 64,
-beams 10 and 50, and skips the NVIDIA shape.
+constrained over the largest catalog, with the job's shared-prefix cache: 16 x 2,048 prefix
+positions + 3,200 x 4 suffix positions = 1.5 GB, where a per-beam cache needs 3,200 rows x 67 MB
+= 215 GB. It runs at the published shape when its estimate (~9.5 GB; XLA says 8.6 GB, mostly the
+prefill's attention scores) fits ``--nvidia-max-gb``, else at the largest scaled shape that fits
+(batch halved, then fewer beams). Both caches are then also timed at the largest shape where the
+per-beam cache fits (``compare``). ``--quick`` runs 1e4 items, batch 64, beams 10 and 50, and
+skips the NVIDIA shape.
 
     python scripts/bench_retrieval.py --quick
     python scripts/bench_retrieval.py --catalogs 1e5 --batches 64,256 --json out.json
     python scripts/bench_retrieval.py                 # the full grid: 1e5, 1e6 x 64..1024 x 10..200
 
-Wall time on the 2-core CPU (shared, load 3-6): --quick ~50 s; 1e6 items x batch 64, 256 x
-beams 10, 50, 200 plus the NVIDIA shape ~9 minutes; the full grid roughly half an hour.
+Wall time on the 2-core CPU (shared, load 3-6): see the README's benchmark table.
 """
 
 from __future__ import annotations
@@ -67,8 +75,10 @@ from _bench_common import add_common_args, print_table, write_json  # noqa: E402
 from _retrieval_harness import (  # noqa: E402
     CAPACITY,
     METHODS,
+    PROMPT_WIDTH,
     build_corpus,
     estimate_gb,
+    estimate_shared_gb,
     make_queries,
     nvidia_config,
     retriever_model,
@@ -77,13 +87,13 @@ from _retrieval_harness import (  # noqa: E402
 )
 
 CONSTRAINED = ("constrained (trie)", "constrained + history filter")
-SHORT = dict(zip(METHODS, ("uncon", "trie", "filter", "host")))
+SHORT = dict(zip(METHODS, ("uncon", "trie", "filter", "perbeam", "host")))
 GOAL_VS_UNCONSTRAINED, GOAL_VS_HOST = 0.95, 20.0
 COLUMNS = [
-    "items", "batch", "beams", "est_gb", "qps_uncon", "qps_trie", "qps_filter", "qps_host",
-    "trie/uncon", "filter/uncon", "trie/host", "filter/host",
-    "compile_uncon", "compile_trie", "compile_filter", "compile_host", "filter_prep_ms", "host_side_ms", "valid", "host_match",
-    "status",
+    "items", "batch", "beams", "est_gb", "est_gb_pb", "qps_uncon", "qps_trie", "qps_filter", "qps_perbeam", "qps_host",
+    "trie/uncon", "filter/uncon", "trie/perbeam", "trie/host", "filter/host",
+    "compile_uncon", "compile_trie", "compile_filter", "compile_perbeam", "compile_host", "filter_prep_ms", "host_side_ms",
+    "valid", "host_match", "shared_match", "status",
 ]  # fmt: skip
 
 
@@ -94,6 +104,8 @@ def _ints(text: str) -> list[int]:
 def table_row(row: dict) -> dict:
     """The printed columns of one result row (see COLUMNS)."""
     out = {k: row[k] for k in ("items", "batch", "beams", "est_gb", "status", "filter_prep_ms") if k in row}
+    if "est_gb_per_beam" in row:
+        out["est_gb_pb"] = row["est_gb_per_beam"]
     for method in METHODS:
         if method in row:
             out[f"qps_{SHORT[method]}"] = row[method]["qps"]
@@ -106,6 +118,8 @@ def table_row(row: dict) -> dict:
     if "host_trie_matches" in row:
         out["host_match"] = row["host_trie_matches"]
         out["host_side_ms"] = row["host trie"]["host_side_ms"]
+    if "shared_matches_per_beam" in row:
+        out["shared_match"] = row["shared_matches_per_beam"]
     return out
 
 
@@ -114,6 +128,7 @@ def ratio_pairs() -> dict[str, tuple[str, str]]:
     return {
         "trie/uncon": (CONSTRAINED[0], "unconstrained"),
         "filter/uncon": (CONSTRAINED[1], "unconstrained"),
+        "trie/perbeam": (CONSTRAINED[0], "trie, per-beam cache"),
         "trie/host": (CONSTRAINED[0], "host trie"),
         "filter/host": (CONSTRAINED[1], "host trie"),
     }
@@ -156,7 +171,10 @@ def main(argv=None):
     parser.add_argument("--batches", default="64,256,1024", help="comma-separated batch sizes (queries per call)")
     parser.add_argument("--beams", default="10,50,200", help="comma-separated beam widths")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per method (best reported)")
-    parser.add_argument("--max-cache-gb", type=float, default=6.0, help="skip cases whose estimated peak exceeds this")
+    parser.add_argument(
+        "--max-cache-gb", type=float, default=6.0,
+        help="skip methods whose estimated peak exceeds this (per-beam and shared-prefix cache apart)",
+    )  # fmt: skip
     parser.add_argument(
         "--host-trie-max-rows", type=int, default=12800, help="run the host trie only up to batch*beams rows"
     )
@@ -164,6 +182,9 @@ def main(argv=None):
     parser.add_argument("--nvidia-hidden", type=int, default=4096, help="SwiGLU width of the NVIDIA shape")
     parser.add_argument("--nvidia-kv-heads", type=int, default=8, help="KV heads of the NVIDIA shape (8 or 16)")
     parser.add_argument("--nvidia-repeats", type=int, default=1, help="timed calls of the NVIDIA shape")
+    parser.add_argument(
+        "--nvidia-max-gb", type=float, default=12.0, help="largest estimated peak of an NVIDIA-shape run (GB)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.quick:
@@ -182,17 +203,25 @@ def main(argv=None):
         for batch in batches:
             queries = make_queries(corpus, batch, args.seed + 1)
             for k in beams:
-                est = estimate_gb(model.config, batch, k, CAPACITY)
-                row = {"items": items, "batch": batch, "beams": k, "est_gb": est}
+                est = estimate_shared_gb(model.config, batch, k, PROMPT_WIDTH)
+                est_per_beam = estimate_gb(model.config, batch, k, CAPACITY)
+                row = {"items": items, "batch": batch, "beams": k, "est_gb": est, "est_gb_per_beam": est_per_beam}
                 if est > args.max_cache_gb:
                     row["status"] = f"skipped: est {est:.1f} GB > --max-cache-gb {args.max_cache_gb:g}"
                     rows.append(row)
                     print(f"[{items:.0e} items, batch {batch}, beams {k}] {row['status']}", flush=True)
                     continue
-                with_host = batch * k <= args.host_trie_max_rows
+                per_beam = est_per_beam <= args.max_cache_gb
+                with_host = per_beam and batch * k <= args.host_trie_max_rows
                 start = time.perf_counter()
-                row |= run_case(model, params, corpus, queries, k, repeats, with_host)
-                row["status"] = "ok" if with_host else "ok (no host trie: rows > --host-trie-max-rows)"
+                row |= run_case(model, params, corpus, queries, k, repeats, with_host, per_beam=per_beam)
+                if not per_beam:
+                    row["status"] = (
+                        f"ok (shared-prefix cache only: per-beam est {est_per_beam:.1f} GB > --max-cache-gb "
+                        f"{args.max_cache_gb:g})"
+                    )
+                else:
+                    row["status"] = "ok" if with_host else "ok (no host trie: rows > --host-trie-max-rows)"
                 row["wall_s"] = time.perf_counter() - start
                 row["load_1min"] = os.getloadavg()[0]
                 add_ratios(row)
@@ -217,15 +246,18 @@ def main(argv=None):
         print("\n== NVIDIA shape: skipped" + (" (--quick)" if args.quick else " (--skip-nvidia)"))
     else:
         config = nvidia_config(args.nvidia_hidden, args.nvidia_kv_heads)
-        nvidia = run_nvidia(config, corpus, max_gb=args.max_cache_gb, repeats=args.nvidia_repeats, seed=args.seed)
+        nvidia = run_nvidia(config, corpus, max_gb=args.nvidia_max_gb, repeats=args.nvidia_repeats, seed=args.seed)
         flat = {k: v for k, v in nvidia.items() if not isinstance(v, dict)}
-        print_table([flat], title="NVIDIA SID-GR shape (random weights)")
+        print_table([flat], title="NVIDIA SID-GR shape (random weights, shared-prefix cache)")
+        if "compare" in nvidia:
+            print_table([nvidia["compare"]], title="NVIDIA model: shared-prefix vs per-beam cache (same program)")
     load["end"] = os.getloadavg()[0]
     wall_s = time.perf_counter() - wall
     print(f"\nwall {wall_s:.1f} s")
     payload = {
         "settings": {"catalogs": catalogs, "batches": batches, "beams": beams, "repeats": repeats,
-                     "max_cache_gb": args.max_cache_gb, "host_trie_max_rows": args.host_trie_max_rows,
+                     "max_cache_gb": args.max_cache_gb, "nvidia_max_gb": args.nvidia_max_gb,
+                     "host_trie_max_rows": args.host_trie_max_rows,
                      "quick": args.quick, "timed": "compiled programs only (host prep excluded for all methods)"},
         "catalogs": corpora, "rows": rows, "goals": goals, "nvidia": nvidia, "wall_s": wall_s, "load_1min": load,
     }  # fmt: skip
