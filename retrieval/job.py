@@ -30,7 +30,9 @@ Per-query policies (documented, never silent):
   prompt; the whole history is still excluded from the results;
 * a query whose allowed items (its segment, minus its history) number fewer than K gets the
   ones there are (fewer rows); the summary counts such ``short_queries``;
-* a query naming a segment no allowed item has: DataError naming the file and line.
+* a query naming a segment no allowed item has: DataError naming the file and line;
+* a query for which the model produced non-finite logits (``BeamSearchOutput.nonfinite``):
+  FloatingPointError naming the file and lines; the shard is not written.
 """
 
 from __future__ import annotations
@@ -339,6 +341,13 @@ def run_job(
                 retriever, allowed, prompt, k=settings.k, num_beams=settings.num_beams, exclude=excluded,
                 segments=segments, batch_size=batch_size, mesh=mesh,
             )
+            if top.nonfinite.any():
+                lines = shard.lines[start:stop][top.nonfinite]
+                raise FloatingPointError(
+                    f"{shard.source}: the model produced non-finite logits (NaN or inf) for {len(lines)} queries, "
+                    f"at lines {lines[:10].tolist()}; their results would be meaningless, so shard "
+                    f"{os.path.basename(target)} was not written (check the retriever's parameters)"
+                )
             bad, few = _check_results(top, allowed, excluded, segments, settings.k)
             invalid, short = invalid + bad, short + few
             _write_shard(target, shard, start, top, retriever, settings.output_format)

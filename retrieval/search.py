@@ -107,6 +107,7 @@ class TopItems:
     log_probs: np.ndarray  # float32 [n, k]  the model's log-probability of each item's ID; -inf if none
     tokens: np.ndarray  # int32 [n, k, depth]  generated ID tokens (PAD where none)
     invalid: np.ndarray  # int32 [n]  hypotheses that named no item (unconstrained search only)
+    nonfinite: np.ndarray  # bool [n]  the model produced NaN/inf logits for the row: its results are meaningless
 
 
 def _constrained_search(
@@ -198,10 +199,12 @@ def constrained_top_k(
     sequences = np.concatenate([o.sequences for o in outputs])[:n, :k]
     log_probs = np.concatenate([o.log_probs for o in outputs])[:n, :k]
     valid = np.concatenate([o.valid for o in outputs])[:n, :k]
+    nonfinite = np.concatenate([o.nonfinite for o in outputs])[:n]
     items = np.where(valid, retriever.catalog.items_of_tokens(sequences), -1)
     if (valid & (items < 0)).any():
         raise AssertionError("constrained search returned a sequence that names no catalog item")
-    return TopItems(items.astype(np.int32), np.where(valid, log_probs, -np.inf).astype(np.float32), sequences, np.zeros(n, np.int32))
+    log_probs = np.where(valid, log_probs, -np.inf).astype(np.float32)
+    return TopItems(items.astype(np.int32), log_probs, sequences, np.zeros(n, np.int32), nonfinite)
 
 
 _constrained_jit = jax.jit(_constrained_search, static_argnums=(0, 1))
@@ -231,6 +234,7 @@ def unconstrained_top_k(
     log_probs = np.full((n, k), -np.inf, np.float32)
     tokens = np.zeros((n, k, catalog.depth), np.int32)
     invalid = np.zeros(n, np.int32)
+    nonfinite = np.zeros(n, bool)
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         pad = batch_size - (stop - start)
@@ -248,6 +252,7 @@ def unconstrained_top_k(
         )
         out = jax.device_get(out)
         found = catalog.items_of_tokens(out.sequences)  # [batch, beams]
+        nonfinite[start:stop] = out.nonfinite[: stop - start]
         for row in range(stop - start):
             q = start + row
             ok = out.valid[row] & (found[row] >= 0)
@@ -258,4 +263,4 @@ def unconstrained_top_k(
             items[q, : len(keep)] = found[row, keep]
             log_probs[q, : len(keep)] = out.log_probs[row, keep]
             tokens[q, : len(keep)] = out.sequences[row, keep]
-    return TopItems(items, log_probs, tokens, invalid)
+    return TopItems(items, log_probs, tokens, invalid, nonfinite)

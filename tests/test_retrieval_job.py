@@ -230,3 +230,18 @@ def test_cli_parses_before_acting(tmp_path, capsys):
     assert exit_info.value.code == 2
     parser = retrieve.build_parser()
     assert all(action.help for action in parser._actions)
+
+
+def test_non_finite_parameters_are_reported_with_the_lines(small_run, tmp_path):
+    import dataclasses
+
+    import jax
+
+    catalog = small_run.retriever.catalog
+    ids = catalog.item_ids
+    queries = _csv(tmp_path / "q.csv", [("u1", f"{ids[0]}", "c1"), ("u2", f"{ids[1]} {ids[2]}", "c1")])
+    broken = dataclasses.replace(small_run.retriever,
+                                 params=jax.tree.map(lambda p: p * np.float32(np.nan), small_run.retriever.params))
+    with pytest.raises(FloatingPointError, match=r"q\.csv: .*non-finite.* at lines \[2, 3\]"):
+        run_job(small_run.run_dir, queries, str(tmp_path / "out"), SETTINGS, progress=False, retriever=broken)
+    assert not [n for n in os.listdir(tmp_path / "out") if n.startswith("part-")]
