@@ -132,6 +132,17 @@ class FilterTables:
         return self.segment_start.shape[0] - 1 if self.search_steps else 0
 
 
+def _padded(rows: Sequence[Sequence[int]] | np.ndarray) -> np.ndarray:  # -> int64 [batch, E], -1 pads
+    """Ragged rows of ints as one -1-padded array (an array passes through)."""
+    if isinstance(rows, np.ndarray) and rows.ndim == 2:
+        return rows.astype(np.int64)
+    rows = [np.asarray(r, np.int64).reshape(-1) for r in rows]
+    out = np.full((len(rows), max((len(r) for r in rows), default=0)), -1, np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
 @struct.dataclass
 class ItemFilter:
     """A fixed-length trie plus per-row exclusions and segments (a layered constraint).
@@ -179,10 +190,11 @@ class ItemFilter:
         row_segments: Sequence[int] | None = None,
         max_excluded: int | None = None,
     ) -> "ItemFilter":
-        """A filter for a batch: ``excluded[r]`` leaf ranks (any order, duplicates and -1 allowed)
-        and ``row_segments[r]`` (-1 or None: unrestricted). Exclusions outside the row's segment
-        are dropped here: the segment count they would be subtracted from never held them. ``max_excluded`` fixes the padded
-        width (a static shape: keep it constant across batches to compile once).
+        """A filter for a batch: ``excluded[r]`` leaf ranks (any order, duplicates and -1 allowed;
+        ragged lists or an int [batch, E] array) and ``row_segments[r]`` (-1 or None:
+        unrestricted). Exclusions outside the row's segment are dropped here: the segment count
+        they would be subtracted from never held them. ``max_excluded`` fixes the padded width
+        (a static shape: keep it constant across batches to compile once). Vectorized over rows.
         """
         batch = len(excluded)
         segments = np.full(batch, -1, np.int32) if row_segments is None else np.asarray(row_segments, np.int32)
@@ -192,20 +204,22 @@ class ItemFilter:
             raise ValueError("rows name segments but the filter tables were built without leaf_segments")
         if (segments >= tables.num_segments).any() and tables.search_steps:
             raise ValueError(f"row_segments must be < {tables.num_segments} (the number of segments)")
-        num_leaves = index.level_sizes[-1]
-        rows = []
-        for r, ranks in enumerate(excluded):
-            ranks = np.unique(np.asarray(ranks, np.int64).reshape(-1))
-            ranks = ranks[(ranks >= 0) & (ranks < num_leaves)]
-            if segments[r] >= 0:
-                ranks = ranks[tables.leaf_segments[ranks] == segments[r]]
-            rows.append(ranks)
-        width = max((len(r) for r in rows), default=0) if max_excluded is None else max_excluded
-        if any(len(r) > width for r in rows):
-            raise ValueError(f"a row excludes {max(len(r) for r in rows)} items, more than max_excluded={width}")
+        ranks = _padded(excluded)  # int64 [batch, E], -1 pads
+        ranks = np.where((ranks >= 0) & (ranks < index.level_sizes[-1]), ranks, -1)
+        if (segments >= 0).any():
+            off_segment = tables.leaf_segments[np.maximum(ranks, 0)] != segments[:, None]
+            ranks = np.where((segments[:, None] >= 0) & off_segment, -1, ranks)
+        ranks = -np.sort(-ranks, axis=1)  # descending: kept ranks first, -1 last
+        repeats = np.zeros_like(ranks, dtype=bool)
+        repeats[:, 1:] = (ranks[:, 1:] == ranks[:, :-1]) & (ranks[:, 1:] >= 0)
+        ranks = -np.sort(-np.where(repeats, -1, ranks), axis=1)
+        counts = (ranks >= 0).sum(axis=1)
+        width = int(counts.max(initial=0)) if max_excluded is None else max_excluded
+        if (counts > width).any():
+            raise ValueError(f"a row excludes {int(counts.max())} items, more than max_excluded={width}")
         padded = np.full((batch, max(width, 1)), -1, np.int32)
-        for r, ranks in enumerate(rows):
-            padded[r, : len(ranks)] = ranks
+        keep = min(width, ranks.shape[1])
+        padded[:, :keep] = ranks[:, :keep]
         return cls(
             index=index,
             leaf_start=tables.leaf_start,
