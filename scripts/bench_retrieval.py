@@ -10,10 +10,11 @@ with its shared-prefix cache ``models.BeamKVCache``: the history's keys/values o
 4 positions per beam; with a plain TrieIndex / with the job's ItemFilter excluding each query's
 20 history items), ``trie, per-beam cache`` (the same program with ``models.KVCache``: every beam
 row holds the 85-position history + IDs, as the job did before; ``trie/perbeam`` is the cache's
-speed-up, ``shared_match`` checks the two give the same top-10), ``unconstrained`` (beam_search's
-dense program, per-beam cache, as ``unconstrained_top_k`` runs it) and ``host trie`` (the
-``prefix_allowed_tokens_fn`` pattern, per-beam cache: a Python loop over the 4 steps, a host dict
-trie walk and a mask upload per step; ``host_side_ms`` is that host part of one call).
+speed-up, ``shared_match`` the fraction of queries whose top-10 the two agree on),
+``unconstrained`` (beam_search's dense program, per-beam cache, as ``unconstrained_top_k`` runs
+it) and ``host trie`` (the ``prefix_allowed_tokens_fn`` pattern, per-beam cache: a Python loop
+over the 4 steps, a host dict trie walk and a mask upload per step; ``host_side_ms`` is that host
+part of one call).
 
 Model calls differ by path, as the library runs them: the dense (unconstrained) program prefills
 all but the last prompt token and runs 4 steps on ``batch * beams`` rows (its first step feeds
@@ -40,9 +41,11 @@ params). A case whose ``est_gb`` exceeds ``--max-cache-gb`` is skipped; one wher
 ``xla_gb`` (at 256 x 200 rows: 3.4 GB for the sparse program with the per-beam cache, 0.6 GB with
 the shared-prefix one). The host trie runs only where ``batch * beams <= --host-trie-max-rows``
 (it is slow; the table says where it ran). Every setting checks its outputs: the constrained
-top-10 must be catalog items (``valid`` = 1) with no history item under the filter, and the host
-trie's and the per-beam cache's top-10 must equal the shared-prefix sparse path's
-(``host_match``, ``shared_match``).
+top-10 must be catalog items (``valid`` = 1) with no history item under the filter, the host
+trie's top-10 must equal the sparse path's with the same per-beam cache (``host_match``), and
+``shared_match`` is the fraction of queries whose top-10 is the same with both caches (below 1
+only where a near-tie at a beam boundary, ~1e-6 apart, kept a different beam; the largest
+log-prob difference of a hypothesis both return is ``shared_common_max_diff`` in the JSON).
 
 NVIDIA's published shape (SID-GR: 4 x 256 IDs, beam 200, batch 16, history 2,048 tokens,
 8 layers, hidden 1,024, SwiGLU width ``--nvidia-hidden`` (4,096 by default), ``--nvidia-kv-heads``
@@ -59,7 +62,10 @@ skips the NVIDIA shape.
     python scripts/bench_retrieval.py --catalogs 1e5 --batches 64,256 --json out.json
     python scripts/bench_retrieval.py                 # the full grid: 1e5, 1e6 x 64..1024 x 10..200
 
-Wall time on the 2-core CPU (shared, load 3-6): see the README's benchmark table.
+Wall time on the 2-core CPU (shared, load 2-6): --quick ~100 s; 1e6 items x batch 64, 256 x
+beams 10, 50, 200 plus the NVIDIA shape ~17 minutes (8 of them the published shape: one warm-up
+and one timed search of ~130 s, two prefills of ~120 s, and the cache comparison); the full grid
+was last timed (half an hour) before the per-beam comparison and the published NVIDIA shape.
 """
 
 from __future__ import annotations
@@ -118,8 +124,8 @@ def table_row(row: dict) -> dict:
     if "host_trie_matches" in row:
         out["host_match"] = row["host_trie_matches"]
         out["host_side_ms"] = row["host trie"]["host_side_ms"]
-    if "shared_matches_per_beam" in row:
-        out["shared_match"] = row["shared_matches_per_beam"]
+    if "shared_same_rows" in row:
+        out["shared_match"] = row["shared_same_rows"]
     return out
 
 

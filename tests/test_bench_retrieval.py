@@ -35,7 +35,8 @@ def test_main_at_toy_size_writes_every_method_and_checks_outputs(tmp_path):
         assert ran[method]["valid_items"] == 1.0
     assert ran["constrained + history filter"]["history_hits"] == 0
     assert ran["host_trie_matches"] is True and ran["host trie"]["host_side_ms"] > 0
-    assert ran["shared_matches_per_beam"] is True and ran["kv_gb"] < ran["kv_gb_per_beam"]
+    assert ran["shared_same_rows"] == 1.0 and ran["shared_common_max_diff"] < 1e-4
+    assert ran["kv_gb"] < ran["kv_gb_per_beam"]
     assert {"trie/uncon", "filter/uncon", "trie/perbeam", "trie/host", "filter/host"} <= set(ran)
     assert shared_only["beams"] == 400 and shared_only["status"].startswith("ok (shared-prefix cache only")
     assert set(bench_retrieval.CONSTRAINED) <= set(shared_only) and not set(harness.PER_BEAM_METHODS) & set(shared_only)
