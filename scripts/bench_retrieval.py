@@ -62,7 +62,7 @@ skips the NVIDIA shape.
     python scripts/bench_retrieval.py --catalogs 1e5 --batches 64,256 --json out.json
     python scripts/bench_retrieval.py                 # the full grid: 1e5, 1e6 x 64..1024 x 10..200
 
-Wall time on the 2-core CPU (shared, load 2-6): --quick ~100 s; 1e6 items x batch 64, 256 x
+Wall time on the 2-core CPU (shared): --quick 45 s at load 1, 100 s at load 5; 1e6 items x batch 64, 256 x
 beams 10, 50, 200 plus the NVIDIA shape ~17 minutes (8 of them the published shape: one warm-up
 and one timed search of ~130 s, two prefills of ~120 s, and the cache comparison); the full grid
 was last timed (half an hour) before the per-beam comparison and the published NVIDIA shape.
