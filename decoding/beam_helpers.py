@@ -218,7 +218,9 @@ def prepare_inputs(
     if not isinstance(max_new_tokens, (int, np.integer)) or isinstance(max_new_tokens, bool):
         raise ValueError(f"max_new_tokens must be an int (the static output width), got {type(max_new_tokens).__name__}")
     limits, width = validation.check_new_tokens(max_new_tokens, None, prompts_np.shape[0])
-    validation.check_capacity(cache_lengths, lengths_np, limits, cache.capacity)
+    validation.check_capacity(
+        cache_lengths, lengths_np, limits, cache.capacity, prompt_capacity=getattr(cache, "prefix_capacity", None)
+    )
     bucket = bucket_length(int(lengths_np.max()), cache.capacity - int(cache_lengths.max()), min_bucket)
     return PreparedInputs(
         prompts=jnp.asarray(pad_prompts(prompts_np, lengths_np, bucket)),

@@ -186,8 +186,12 @@ def check_capacity(
     capacity: int,
     *,
     unfed_tokens: int = 0,
+    prompt_capacity: int | None = None,
 ) -> None:
     """Each row's cached tokens + prompt + the new tokens the loop writes must fit the cache.
+
+    ``prompt_capacity``: a cache that holds prompts apart (``prefix_capacity`` of a shared-prefix
+    beam cache) must also fit each prompt there, or its tail would be dropped.
 
     ``unfed_tokens``: how many of a row's last new tokens the caller's loop never feeds to the
     model (so never writes to the cache). :func:`decoding.generate.generate` never feeds its
@@ -197,6 +201,12 @@ def check_capacity(
     if cache_lengths.shape != prompt_lengths.shape:
         raise ValueError(
             f"the cache has batch {cache_lengths.shape[0]} but the prompts have batch {prompt_lengths.shape[0]}"
+        )
+    if prompt_capacity is not None and np.any(prompt_lengths > prompt_capacity):
+        row = int(np.argmax(prompt_lengths > prompt_capacity))
+        raise ValueError(
+            f"prompt of row {row} has {prompt_lengths[row]} tokens but the cache holds prompts of at most "
+            f"{prompt_capacity} (its prefix_capacity); make the cache with a larger prefix"
         )
     room = capacity - cache_lengths
     too_long = prompt_lengths > room

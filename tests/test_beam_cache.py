@@ -164,3 +164,19 @@ def test_bytes_are_prefix_per_query_plus_suffix_per_row():
     per_beam_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(per_beam))
     assert shared_bytes == beam_cache_nbytes(config, 16, 200, 2048, 4)
     assert per_beam_bytes > 210e9 and shared_bytes < 1.5e9  # 215 GB vs 1.07 GB prefix + 0.42 GB suffix
+
+
+def test_a_prompt_longer_than_the_prefix_is_refused():
+    """Regression: the prompt's tail would otherwise be dropped silently."""
+    import jax
+    import numpy as np
+    import pytest
+
+    from decoding import beam_search
+    from models import Decoder, init_beam_cache, init_params, preset
+
+    config = preset("tiny")
+    params = init_params(config, jax.random.key(0))
+    cache = init_beam_cache(config, queries=1, beams=2, prefix_capacity=4, suffix_capacity=8)
+    with pytest.raises(ValueError, match="prefix_capacity"):
+        beam_search(Decoder(config), params, cache, np.arange(1, 7)[None], np.array([6]), num_beams=2, max_new_tokens=2)
