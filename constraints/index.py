@@ -105,12 +105,23 @@ class TrieIndex:
 
     # The constraint protocol as methods (the ops of :mod:`constraints.ops`), so decoding's
     # sparse path can take any layered constraint with the same methods (e.g.
-    # :class:`constraints.item_filter.ItemFilter`).
+    # :class:`constraints.item_filter.ItemFilter`) and its dense paths any automaton with
+    # initial_state / allowed_mask / advance / is_complete (e.g. :class:`constraints.dfa.TokenDFA`).
 
     def initial_state(self, shape: int | tuple[int, ...]) -> jax.Array:  # int32 [*shape]
         from constraints import ops  # ops imports this module
 
         return ops.initial_state(self, shape)
+
+    def allowed_mask(self, state: jax.Array) -> jax.Array:  # int32 [...] -> bool [..., vocab]
+        from constraints import ops
+
+        return ops.allowed_mask(self, state)
+
+    def advance(self, state: jax.Array, token: jax.Array) -> jax.Array:  # int32 [...], int [...] -> int32 [...]
+        from constraints import ops
+
+        return ops.advance(self, state, token)
 
     def candidates(
         self,

@@ -127,15 +127,24 @@ class TopBeams:
 LAYERED_API = ("depth", "max_branching", "fixed_length", "vocab_size", "initial_state", "candidates", "is_complete")
 """What the sparse beam path uses of a constraint (a fixed-length TrieIndex has all of it)."""
 
+DENSE_API = ("depth", "fixed_length", "eos_id", "vocab_size", "initial_state", "allowed_mask", "advance", "is_complete")
+"""What the dense paths (dense beam search, constrained_generate, speculative decoding) use of a
+constraint: the protocol of /work/shared/DESIGN.md "Constraints as automata" (a TrieIndex and a
+:class:`constraints.TokenDFA` have all of it). ``depth`` is the default output width."""
+
 
 def check_constraint(index: Any, vocab_size: int, *, layered_ok: bool = False) -> None:
-    """The constraint must be a :class:`TrieIndex` over the model's vocabulary (host-side);
-    with ``layered_ok`` (the sparse beam path) also any fixed-length layered constraint that
-    has every attribute of :data:`LAYERED_API` (e.g. :class:`constraints.ItemFilter`)."""
+    """The constraint must implement :data:`DENSE_API` (a :class:`TrieIndex`, a
+    :class:`constraints.TokenDFA`, ...) over the model's vocabulary (host-side); with
+    ``layered_ok`` (the sparse beam path) also any fixed-length layered constraint that has
+    every attribute of :data:`LAYERED_API` (e.g. :class:`constraints.ItemFilter`)."""
+    dense = isinstance(index, TrieIndex) or all(hasattr(index, name) for name in DENSE_API)
     layered = layered_ok and all(hasattr(index, name) for name in LAYERED_API) and index.fixed_length
-    if not isinstance(index, TrieIndex) and not layered:
-        kinds = "a constraints.TrieIndex or a fixed-length layered constraint" if layered_ok else "a constraints.TrieIndex"
-        raise ValueError(f"constraint must be {kinds}, got {type(index).__name__}")
+    if not dense and not layered:
+        kinds = "a constraint with " + ", ".join(DENSE_API)
+        if layered_ok:
+            kinds += ", or a fixed-length layered constraint"
+        raise ValueError(f"constraint must be {kinds} (e.g. a constraints.TrieIndex), got {type(index).__name__}")
     if index.vocab_size != vocab_size:
         raise ValueError(f"the constraint's vocab_size {index.vocab_size} differs from the model's {vocab_size}")
 

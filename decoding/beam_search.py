@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from constraints import TrieIndex, advance, initial_state, is_complete
+from constraints import TrieIndex
 from decoding.beam_helpers import (
     BeamSearchOutput,
     TopBeams,
@@ -170,7 +170,7 @@ def _select(
     scores = live.log_probs[..., None] + log_probs
     parent, token = settings.selector.select(scores)
     new_log_probs = take_candidates(scores, parent, token)
-    states = None if index is None else advance(index, gather_beams(live.states, parent), token)
+    states = None if index is None else index.advance(gather_beams(live.states, parent), token)
     new_live = Live(
         tokens=jnp.where(at_step, token[..., None], gather_beams(live.tokens, parent)),
         log_probs=new_log_probs,
@@ -228,7 +228,7 @@ def run_dense(
         live=Live(
             tokens=jnp.full((rows, beams, width), pad_id, jnp.int32),
             log_probs=jnp.full((rows, beams), -jnp.inf, jnp.float32).at[:, 0].set(0.0),
-            states=None if index is None else initial_state(index, (rows, beams)),
+            states=None if index is None else index.initial_state((rows, beams)),
         ),
         finished=Finished(
             tokens=jnp.full((rows, beams, width), pad_id, jnp.int32),
@@ -254,7 +254,7 @@ def run_dense(
     carry = jax.lax.while_loop(not_finished, body, carry)
     keep = (carry.step == width) & jnp.isfinite(carry.live.log_probs)
     if index is not None:
-        keep &= is_complete(index, carry.live.states)
+        keep &= index.is_complete(carry.live.states)
     pool = _merge_finished(
         carry.finished,
         carry.live.tokens,

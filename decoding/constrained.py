@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from constraints import DEAD_STATE, TrieIndex, advance, allowed_mask, initial_state, is_complete
+from constraints import DEAD_STATE, TrieIndex
 from decoding import validation
 from decoding.beam_helpers import (
     check_constraint,
@@ -77,7 +77,7 @@ def mask_log_probs(
     log_probs: jax.Array,  # float32 [..., vocab]
 ) -> jax.Array:  # float32 [..., vocab]
     """``log_probs`` where the automaton allows the token, ``-inf`` elsewhere (not renormalized)."""
-    return jnp.where(allowed_mask(index, states), log_probs, NEG_INF)
+    return jnp.where(index.allowed_mask(states), log_probs, NEG_INF)
 
 
 def _pad_candidates(
@@ -179,7 +179,7 @@ def _emit(
     masked = mask_log_probs(index, states, log_probs)
     token = settings.sampler.sample(jax.random.fold_in(settings.key, step), masked)
     token_log_prob = jnp.take_along_axis(log_probs, token[:, None], axis=-1)[:, 0]
-    return token, token_log_prob, advance(index, states, token)
+    return token, token_log_prob, index.advance(states, token)
 
 
 def _record(
@@ -195,7 +195,7 @@ def _record(
     active = ~carry_book.done
     book = record(carry_book, settings, token, log_prob)
     states = jnp.where(active, next_states, states)
-    return book.replace(done=book.done | is_complete(index, states)), states
+    return book.replace(done=book.done | index.is_complete(states)), states
 
 
 def constrained_decode(
@@ -215,7 +215,7 @@ def constrained_decode(
     (``nonfinite`` included) and whether each row's state is complete."""
     batch = prompts.shape[0]
     first_logits, cache = prefill(model, params, cache, prompts, prompt_lengths)
-    states = initial_state(index, (batch,))
+    states = index.initial_state((batch,))
     book = Bookkeeping(
         step=jnp.zeros((), jnp.int32),
         done=jnp.zeros((batch,), bool),
@@ -246,7 +246,7 @@ def constrained_decode(
         cache=carry.model.cache,
         nonfinite=validation.nonfinite_emitted(carry.book.log_probs, carry.book.lengths),
     )
-    return output, is_complete(index, carry.states)
+    return output, index.is_complete(carry.states)
 
 
 _constrained_jit = jax.jit(constrained_decode, static_argnames=("model", "width"))

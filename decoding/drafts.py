@@ -29,7 +29,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from constraints import advance, allowed_mask
 from decoding import validation
 from decoding.acceptance import NEG_INF, sample_rows
 from decoding.cache_rows import set_lengths
@@ -49,7 +48,7 @@ def masked_scores(
     logits = logits.astype(jnp.float32)
     if constraint is None:
         return logits
-    mask = allowed_mask(constraint, constraint_state)
+    mask = constraint.allowed_mask(constraint_state)
     mask = mask | ~jnp.any(mask, axis=-1, keepdims=True)
     return jnp.where(mask, jax.nn.log_softmax(logits, axis=-1), NEG_INF)
 
@@ -62,7 +61,7 @@ def advance_constraint(
     """The automaton state after ``tokens`` (unchanged when there is no constraint)."""
     if constraint is None:
         return constraint_state
-    return advance(constraint, constraint_state, tokens)
+    return constraint.advance(constraint_state, tokens)
 
 
 def states_along(
@@ -76,7 +75,7 @@ def states_along(
         return jnp.broadcast_to(state[:, None], (state.shape[0], tokens.shape[1] + 1))
 
     def step(current, token):
-        following = advance(constraint, current, token)
+        following = constraint.advance(current, token)
         return following, following
 
     _, later = jax.lax.scan(step, state, tokens.T)

@@ -37,7 +37,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from constraints import initial_state, is_complete
 from decoding import sharding, validation
 from decoding.acceptance import Verdict, emitted_tokens, greedy_accept, rejection_accept, sample_rows, token_log_probs
 from decoding.constrained import check_constraint
@@ -174,7 +173,7 @@ def _stops(
     """Whether the token is an EOS id, or the constraint state after it is complete."""
     stop = jnp.any(tokens[..., None] == settings.eos_ids, axis=-1)
     if constraint is not None:
-        stop = stop | is_complete(constraint, states)
+        stop = stop | constraint.is_complete(states)
     return stop
 
 
@@ -268,7 +267,7 @@ def speculative_decode(target, k, width, params, cache, prompts, prompt_lengths,
     ``width`` are static; the rest is traced."""
     batch = prompts.shape[0]
     first_logits, cache = prefill(target, params, cache, prompts, prompt_lengths)
-    cstate = jnp.zeros((batch,), jnp.int32) if constraint is None else initial_state(constraint, (batch,))
+    cstate = jnp.zeros((batch,), jnp.int32) if constraint is None else constraint.initial_state((batch,))
     first = _first_token(settings, masked_scores(first_logits, constraint, cstate))
     cstate = advance_constraint(constraint, cstate, first)
     book = Book(
