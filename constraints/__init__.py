@@ -1,4 +1,5 @@
-"""Constraint automata for decoding: tries of item token sequences as CSR matrices.
+"""Constraint automata for decoding: tries of item token sequences as CSR matrices, and token-level
+DFAs (e.g. compiled from a regular expression, :func:`compile_regex`).
 
 Offline (NumPy) builders turn item sets into a :class:`TrieIndex`; the on-device ops (pure
 JAX, jit- and vmap-friendly) walk it one token per decode step. This package depends on
@@ -6,11 +7,13 @@ nothing else in the project.
 """
 
 from constraints.builder import Progress, build_fixed_length_index, build_variable_length_index
+from constraints.dfa import TokenDFA
 from constraints.index import DEAD_STATE, TrieIndex
 from constraints.item_filter import FilterTables, ItemFilter, leaf_ranks
 from constraints.io import FORMAT_VERSION, load_index, save_index
 from constraints.memory import MemoryReport, index_nbytes, memory_report
 from constraints.ops import advance, allowed_mask, candidates, initial_state, is_complete
+from constraints.regex import compile_regex
 
 __all__ = [
     "DEAD_STATE",
@@ -19,12 +22,14 @@ __all__ = [
     "ItemFilter",
     "MemoryReport",
     "Progress",
+    "TokenDFA",
     "TrieIndex",
     "advance",
     "allowed_mask",
     "build_fixed_length_index",
     "build_variable_length_index",
     "candidates",
+    "compile_regex",
     "index_nbytes",
     "initial_state",
     "is_complete",
