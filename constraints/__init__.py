@@ -10,7 +10,7 @@ from constraints.builder import Progress, build_fixed_length_index, build_variab
 from constraints.dfa import TokenDFA
 from constraints.index import DEAD_STATE, TrieIndex
 from constraints.item_filter import FilterTables, ItemFilter, leaf_ranks
-from constraints.io import FORMAT_VERSION, load_index, save_index
+from constraints.io import FORMAT_VERSION, load_dfa, load_index, save_dfa, save_index
 from constraints.memory import MemoryReport, index_nbytes, memory_report
 from constraints.ops import advance, allowed_mask, candidates, initial_state, is_complete
 from constraints.regex import compile_regex
@@ -34,7 +34,9 @@ __all__ = [
     "initial_state",
     "is_complete",
     "leaf_ranks",
+    "load_dfa",
     "load_index",
     "memory_report",
+    "save_dfa",
     "save_index",
 ]

@@ -15,6 +15,10 @@ index (which beam search would search silently, finding fewer items or none):
    same token dtype, or arrays and metadata edited together consistently).
 
 Format 1 files (no checksums, written before this version) still load, with checks 1 and 2.
+
+A :class:`~constraints.dfa.TokenDFA` (e.g. a compiled regular expression) has its own format,
+:func:`save_dfa` / :func:`load_dfa`: the same archive, format name/version and checksums; the
+load rebuilds the automaton from its edges and compares.
 """
 
 from __future__ import annotations
@@ -255,3 +259,121 @@ def load_index(path: str | os.PathLike) -> TrieIndex:
         level_sizes=tuple(int(n) for n in meta["level_sizes"]),
         dense_levels=int(meta["dense_levels"]),
     )
+
+
+# -- TokenDFA (constraints.dfa) ---------------------------------------------------------------
+
+DFA_FORMAT_NAME = "jax-decoding.constraints.TokenDFA"
+DFA_FORMAT_VERSION = 1
+_DFA_ARRAYS = ("indptr", "tokens", "next_state", "accepting", "dense_row", "dense_bits", "dense_rank")
+_DFA_META_KEYS = ("vocab_size", "eos_id", "depth", "acyclic", "sparse_width")
+
+
+def save_dfa(path: str | os.PathLike, dfa) -> None:
+    """Writes a :class:`constraints.dfa.TokenDFA` to exactly ``path`` (an ``.npz`` archive with
+    a format name and version and a SHA-256 checksum of every metadata field and array)."""
+    meta = {"format": DFA_FORMAT_NAME, "format_version": DFA_FORMAT_VERSION}
+    meta.update({key: getattr(dfa, key) for key in _DFA_META_KEYS})
+    arrays = {name: np.asarray(getattr(dfa, name)) for name in _DFA_ARRAYS}
+    meta["checksums"] = {key: _field_checksum(meta[key]) for key in _DFA_META_KEYS}
+    meta["checksums"].update({name: _array_checksum(array) for name, array in arrays.items()})
+    with open(path, "wb") as f:
+        np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+
+
+def load_dfa(path: str | os.PathLike):
+    """Reads a :class:`constraints.dfa.TokenDFA` written by :func:`save_dfa`.
+
+    Checks, each failure a ValueError naming ``path``: the format name and version, the
+    metadata types, the checksums, then the automaton itself: it is rebuilt from its edge list
+    (:func:`constraints.dfa.build_token_dfa`, which also validates the EOS edges) and must equal
+    the stored arrays and metadata, every state must be reachable from the start and able to
+    reach ``done``.
+    """
+    from constraints.dfa import build_token_dfa
+
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path}: not a TokenDFA file (a single array)")
+        with data:
+            names = set(data.files)
+            if "meta" not in names or not names.issuperset(_DFA_ARRAYS):
+                raise ValueError(f"{path}: not a TokenDFA file (arrays {sorted(names)})")
+            meta = json.loads(str(data["meta"]))
+            arrays = {name: data[name] for name in _DFA_ARRAYS}
+    except FileNotFoundError:
+        raise
+    except (OSError, EOFError, zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a readable TokenDFA file ({type(err).__name__}: {err})") from err
+    if not isinstance(meta, dict) or meta.get("format") != DFA_FORMAT_NAME:
+        raise ValueError(f"{path}: not a TokenDFA file (format {meta.get('format') if isinstance(meta, dict) else meta!r})")
+    if meta.get("format_version") != DFA_FORMAT_VERSION:
+        raise ValueError(f"{path}: TokenDFA format version {meta.get('format_version')!r}, this code reads {DFA_FORMAT_VERSION}")
+    missing = [key for key in (*_DFA_META_KEYS, "checksums") if key not in meta]
+    if missing:
+        raise ValueError(f"{path}: TokenDFA metadata lacks {missing}")
+    for key in ("vocab_size", "eos_id", "depth", "sparse_width"):
+        if not _is_int(meta[key]) or meta[key] < 0:
+            raise ValueError(f"{path}: metadata {key}={meta[key]!r} is not a non-negative int")
+    if not isinstance(meta["acyclic"], bool):
+        raise ValueError(f"{path}: metadata acyclic={meta['acyclic']!r} is not a bool")
+    stored = meta["checksums"] if isinstance(meta["checksums"], dict) else {}
+    for key in _DFA_META_KEYS:
+        if stored.get(key) != _field_checksum(meta[key]):
+            raise ValueError(f"{path}: metadata {key}={meta[key]!r} does not match its checksum (edited or corrupted)")
+    for name in _DFA_ARRAYS:
+        if stored.get(name) != _array_checksum(arrays[name]):
+            raise ValueError(f"{path}: array {name} does not match its checksum (edited or corrupted)")
+    indptr, tokens, nxt = (arrays[n].astype(np.int64) for n in ("indptr", "tokens", "next_state"))
+    accepting, dense_row = arrays["accepting"], arrays["dense_row"]
+    total = indptr.shape[0] - 1
+    if (
+        total < 2
+        or indptr[0] != 0
+        or indptr[-1] != tokens.shape[0]
+        or (np.diff(indptr) < 0).any()
+        or nxt.shape != tokens.shape
+        or accepting.shape != (total,)
+        or accepting.dtype != np.bool_
+        or dense_row.shape != (total,)
+        or (nxt.size and (nxt.min() < 0 or nxt.max() >= total))
+    ):
+        raise ValueError(f"{path}: arrays indptr / next_state / accepting / dense_row are not a valid CSR automaton")
+    src = np.repeat(np.arange(total), np.diff(indptr))
+    eos = tokens == meta["eos_id"]
+    done = total - 1
+    if not np.array_equal(eos, nxt == done) or not np.array_equal(np.sort(src[eos]), np.flatnonzero(accepting)):
+        raise ValueError(f"{path}: the EOS edges are not exactly accepting state -> done")
+    dense_degrees = np.diff(indptr)[dense_row >= 0]
+    try:
+        rebuilt = build_token_dfa(
+            done,
+            src[~eos],
+            tokens[~eos],
+            nxt[~eos],
+            accepting[:done],
+            meta["vocab_size"],
+            meta["eos_id"],
+            cyclic_depth=meta["depth"],
+            dense_min_degree=int(dense_degrees.min()) if dense_degrees.size else int(np.diff(indptr).max()) + 1,
+        )
+    except ValueError as err:
+        raise ValueError(f"{path}: not a valid TokenDFA ({err})") from err
+    for name in _DFA_ARRAYS:
+        if not np.array_equal(np.asarray(getattr(rebuilt, name)), arrays[name]) or (
+            np.asarray(getattr(rebuilt, name)).dtype != arrays[name].dtype
+        ):
+            raise ValueError(f"{path}: array {name} does not match the automaton's edges")
+    for key in _DFA_META_KEYS:
+        if getattr(rebuilt, key) != meta[key]:
+            raise ValueError(f"{path}: metadata {key}={meta[key]!r} but the edges give {getattr(rebuilt, key)!r}")
+    from constraints.regex import _reach
+
+    start = np.zeros(total, bool)
+    start[0] = True
+    end = np.zeros(total, bool)
+    end[done] = True
+    if not (_reach(total, src, nxt, start).all() and _reach(total, nxt, src, end).all()):
+        raise ValueError(f"{path}: some state is unreachable from the start or cannot reach done")
+    return rebuilt

@@ -15,7 +15,7 @@ from fake_models import BigramModel, TokenCache, random_params
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from constraints import DEAD_STATE, TokenDFA, compile_regex
+from constraints import DEAD_STATE, TokenDFA, compile_regex, load_dfa, save_dfa
 from decoding.beam_search import beam_search
 from decoding.constrained import constrained_generate
 from decoding.drafts import PromptLookupDraft
@@ -266,3 +266,43 @@ def test_empty_strings_are_never_allowed():
     dfa = compile_regex("a*", ["a", "", "", "aa"], 2)
     mask = np.asarray(dfa.allowed_mask(dfa.initial_state(())))
     np.testing.assert_array_equal(mask, [True, False, True, True])
+
+
+@pytest.mark.parametrize("dense", [None, 1, 10**6])
+def test_save_load_round_trip(tmp_path, dense):
+    dfa = compile_regex(EMAIL, BYTE_VOCAB, BYTE_EOS, dense_min_degree=dense)
+    path = tmp_path / "email.npz"
+    save_dfa(path, dfa)
+    loaded = load_dfa(path)
+    assert (loaded.vocab_size, loaded.eos_id, loaded.depth, loaded.acyclic) == (129, BYTE_EOS, dfa.depth, False)
+    for name in ("indptr", "tokens", "next_state", "accepting", "dense_row", "dense_bits", "dense_rank"):
+        np.testing.assert_array_equal(np.asarray(getattr(loaded, name)), np.asarray(getattr(dfa, name)))
+
+
+def test_load_rejects_edited_and_foreign_files(tmp_path):
+    from constraints import build_variable_length_index, save_index
+
+    dfa = compile_regex(NUMBER, BYTE_VOCAB, BYTE_EOS)
+    path = tmp_path / "number.npz"
+    save_dfa(path, dfa)
+    with np.load(path) as data:
+        arrays = {name: data[name] for name in data.files}
+    arrays["next_state"] = arrays["next_state"].copy()
+    arrays["next_state"][0] = 0
+    np.savez(tmp_path / "edited.npz", **arrays)
+    with pytest.raises(ValueError, match="next_state does not match its checksum"):
+        load_dfa(tmp_path / "edited.npz")
+    # Edited together with its checksum: the automaton check still sees it.
+    import json
+
+    from constraints.io import _array_checksum
+
+    meta = json.loads(str(arrays["meta"]))
+    meta["checksums"]["next_state"] = _array_checksum(arrays["next_state"])
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "consistent.npz", **arrays)
+    with pytest.raises(ValueError, match="consistent.npz: "):
+        load_dfa(tmp_path / "consistent.npz")
+    save_index(tmp_path / "trie.npz", build_variable_length_index([[1, 2, 0]], 4, 0))
+    with pytest.raises(ValueError, match="not a TokenDFA file"):
+        load_dfa(tmp_path / "trie.npz")
