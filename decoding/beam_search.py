@@ -361,7 +361,9 @@ def beam_search(
         ``()`` with a fixed-length constraint; with a variable-length one it is
         ``(constraint.eos_id,)`` (``()`` means the same).
       length_penalty: exponent ``a`` of ``length ** a``; float scalar or float [batch]. Traced.
-      constraint: a :class:`constraints.TrieIndex`, or None; or a fixed-length layered
+      constraint: a :class:`constraints.TrieIndex`, or None; or any variable-length automaton
+        with :data:`decoding.beam_helpers.DENSE_API` (e.g. a :class:`constraints.TokenDFA`
+        from :func:`constraints.compile_regex`; dense path); or a fixed-length layered
         constraint such as :class:`constraints.ItemFilter` (per-row item filters; sparse path
         only). Its arrays are traced, its metadata (depth, branching, vocab, eos) static.
       pad_id: fills sequences after each end and invalid beams. Traced.

@@ -287,7 +287,9 @@ def constrained_generate(
         for prompt + ``max_new_tokens`` per row (traced).
       prompts: int [batch, P] right-padded; prompt_lengths: int [batch]. The prompt width is
         bucketed (static bucket), the lengths traced.
-      constraint: the :class:`constraints.TrieIndex`; its arrays are traced, its metadata static.
+      constraint: the :class:`constraints.TrieIndex`, or any automaton with
+        :data:`decoding.beam_helpers.DENSE_API` (e.g. a :class:`constraints.TokenDFA`); its
+        arrays are traced, its metadata static.
       max_new_tokens: static output width; default ``constraint.depth`` (every item fits).
       sampler: ``Greedy()`` or ``Categorical(...)``; its type is static, its knobs traced. It
         receives masked log-probabilities as logits.
@@ -303,7 +305,7 @@ def constrained_generate(
 
     Raises:
       ValueError: as :func:`decoding.generate.generate`, and for a missing constraint or one
-        that is not a :class:`constraints.TrieIndex` over the model's vocabulary.
+        that lacks :data:`decoding.beam_helpers.DENSE_API` or has another vocabulary.
       decoding.validation.DonatedCacheError: the cache or params hold deleted arrays.
       decoding.validation.TracedCallError: called under ``jax.jit``; call
         :func:`constrained_decode` there instead.

@@ -365,7 +365,9 @@ def speculative_generate(
         Its type and processor order are static, its knobs traced.
       key: PRNG key (traced), required unless greedy. Row b uses ``split(key, batch)[b]``.
       eos_ids: stop-token ids; their number is static, their values traced.
-      constraint: an optional :class:`constraints.TrieIndex` (arrays traced, metadata static);
+      constraint: an optional :class:`constraints.TrieIndex` or other automaton with
+        :data:`decoding.beam_helpers.DENSE_API`, e.g. a :class:`constraints.TokenDFA` (arrays
+        traced, metadata static);
         a row also stops when its automaton state is complete.
       pad_id: fills ``out.tokens`` after each row's end. Traced.
       mesh: optional mesh from :func:`decoding.sharding.data_mesh` (``Auto`` axes): rows are

@@ -306,3 +306,14 @@ def test_load_rejects_edited_and_foreign_files(tmp_path):
     save_index(tmp_path / "trie.npz", build_variable_length_index([[1, 2, 0]], 4, 0))
     with pytest.raises(ValueError, match="not a TokenDFA file"):
         load_dfa(tmp_path / "trie.npz")
+
+
+def test_decoders_check_the_protocol_and_the_vocabulary():
+    strings, eos = VOCABS["multi"]
+    prompts, lengths = _prompts(len(strings))
+    params = _params(strings, eos, strings)
+    wrong_vocab = compile_regex("a+", strings + ["zz"], eos)
+    with pytest.raises(ValueError, match="vocab_size"):
+        constrained_generate(BigramModel(), params, _cache(), prompts, lengths, constraint=wrong_vocab)
+    with pytest.raises(ValueError, match="constraint must be"):
+        beam_search(BigramModel(), params, _cache(), prompts, lengths, num_beams=2, max_new_tokens=4, constraint=object())
