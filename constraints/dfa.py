@@ -44,6 +44,7 @@ from flax import struct
 
 from constraints.dense import dense_row_bytes, dense_tables
 from constraints.index import BITS_PER_WORD, DEAD_STATE, token_dtype, words_per_row
+from constraints.ops import bitmap_rank
 
 DEFAULT_CYCLIC_DEPTH = 64
 """``depth`` of an automaton with a cycle (unbounded matches): the default ``max_new_tokens``
@@ -149,12 +150,8 @@ class TokenDFA:
         if self.num_dense:
             row = self.dense_row[jnp.clip(state, 0, self.num_states - 1)]
             safe_row = jnp.clip(row, 0, self.num_dense - 1)
-            word_index = token // BITS_PER_WORD
-            bit = (token % BITS_PER_WORD).astype(jnp.uint32)
-            word = self.dense_bits[safe_row, word_index]
-            present = ((word >> bit) & jnp.uint32(1)) == 1
-            below = jax.lax.population_count(word & ((jnp.uint32(1) << bit) - jnp.uint32(1))).astype(jnp.int32)
-            edge = start + self.dense_rank[safe_row, word_index].astype(jnp.int32) + below
+            present, before = bitmap_rank(self.dense_bits, self.dense_rank, safe_row, token)
+            edge = start + before
             found_edge = jnp.where(row >= 0, jnp.where(present, edge, -1), found_edge)
         nxt = self.next_state[jnp.clip(found_edge, 0, max(self.num_edges - 1, 0))] if self.num_edges else found_edge
         ok = (state >= 0) & in_vocab & (found_edge >= 0)

@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import zipfile
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -64,26 +65,33 @@ def save_index(path: str | os.PathLike, index: TrieIndex) -> None:
         np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
 
 
-def _read(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
-    """The metadata dict and the arrays of an index file, or a ValueError naming ``path``."""
+def _read_archive(path: str | os.PathLike, what: str, required: tuple[str, ...]) -> tuple[Any, dict[str, np.ndarray]]:
+    """The parsed ``meta`` JSON and the ``required`` arrays of an ``.npz`` archive; a ValueError
+    naming ``path`` and ``what`` (e.g. "trie index") when it is not such an archive."""
     try:
         data = np.load(path, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):  # a bare .npy array
-            raise ValueError(f"{path}: not a trie index file (a single array, not an index archive)")
+            raise ValueError(f"{path}: not a {what} file (a single array, not an archive)")
         with data:
             names = set(data.files)
-            if "meta" not in names or not names.issuperset(_ARRAYS):
-                raise ValueError(f"{path}: not a trie index file (arrays {sorted(names)})")
+            if "meta" not in names or not names.issuperset(required):
+                raise ValueError(f"{path}: not a {what} file (arrays {sorted(names)})")
             meta = json.loads(str(data["meta"]))
-            arrays = {name: data[name] for name in _ARRAYS}
+            arrays = {name: data[name] for name in required}
     except FileNotFoundError:
         raise
     except (OSError, EOFError, zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not a readable trie index file ({type(err).__name__}: {err})") from err
+        raise ValueError(f"{path}: not a readable {what} file ({type(err).__name__}: {err})") from err
     except ValueError as err:
         if str(err).startswith(f"{path}:"):
             raise
-        raise ValueError(f"{path}: not a readable trie index file ({err})") from err
+        raise ValueError(f"{path}: not a readable {what} file ({err})") from err
+    return meta, arrays
+
+
+def _read(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
+    """The metadata dict and the arrays of an index file, or a ValueError naming ``path``."""
+    meta, arrays = _read_archive(path, "trie index", _ARRAYS)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise ValueError(f"{path}: not a trie index file (format {meta.get('format') if isinstance(meta, dict) else meta!r})")
     if not _is_int(meta.get("format_version")) or meta["format_version"] not in READABLE_VERSIONS:
@@ -292,20 +300,7 @@ def load_dfa(path: str | os.PathLike):
     """
     from constraints.dfa import build_token_dfa
 
-    try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise ValueError(f"{path}: not a TokenDFA file (a single array)")
-        with data:
-            names = set(data.files)
-            if "meta" not in names or not names.issuperset(_DFA_ARRAYS):
-                raise ValueError(f"{path}: not a TokenDFA file (arrays {sorted(names)})")
-            meta = json.loads(str(data["meta"]))
-            arrays = {name: data[name] for name in _DFA_ARRAYS}
-    except FileNotFoundError:
-        raise
-    except (OSError, EOFError, zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not a readable TokenDFA file ({type(err).__name__}: {err})") from err
+    meta, arrays = _read_archive(path, "TokenDFA", _DFA_ARRAYS)
     if not isinstance(meta, dict) or meta.get("format") != DFA_FORMAT_NAME:
         raise ValueError(f"{path}: not a TokenDFA file (format {meta.get('format') if isinstance(meta, dict) else meta!r})")
     if meta.get("format_version") != DFA_FORMAT_VERSION:

@@ -181,6 +181,22 @@ def _sparse_advance(
     return jnp.where(found, lo + 1, DEAD_STATE)
 
 
+def bitmap_rank(
+    dense_bits: jax.Array,  # uint32 [rows, words]  bit t of a row: token t allowed
+    dense_rank: jax.Array,  # uint16 | int32 [rows, words]  set bits before each word
+    row: jax.Array,  # int32 [...]  rows in range
+    token: jax.Array,  # int32 [...]  tokens in the vocabulary
+) -> tuple[jax.Array, jax.Array]:  # bool [...], int32 [...]
+    """Whether bit ``token`` of bitmap row ``row`` is set, and how many set bits come before it
+    (one gathered word and one popcount): the child edge is the row's first edge plus that count."""
+    word_index = token // BITS_PER_WORD
+    bit = (token % BITS_PER_WORD).astype(jnp.uint32)
+    word = dense_bits[row, word_index]
+    present = ((word >> bit) & jnp.uint32(1)) == 1
+    below = jax.lax.population_count(word & ((jnp.uint32(1) << bit) - jnp.uint32(1))).astype(jnp.int32)
+    return present, dense_rank[row, word_index].astype(jnp.int32) + below
+
+
 def _dense_advance(
     index: TrieIndex,
     state: jax.Array,  # int32 [...]
@@ -188,13 +204,8 @@ def _dense_advance(
 ) -> jax.Array:  # int32 [...]
     """Rank query in the dense bitmap row: child edge = first edge + set bits below ``token``."""
     row = jnp.clip(state, 0, index.num_dense_states - 1)
-    word_index = token // BITS_PER_WORD
-    bit = (token % BITS_PER_WORD).astype(jnp.uint32)
-    word = index.dense_bits[row, word_index]
-    present = ((word >> bit) & jnp.uint32(1)) == 1
-    below = jax.lax.population_count(word & ((jnp.uint32(1) << bit) - jnp.uint32(1))).astype(jnp.int32)
-    edge = index.indptr[row] + index.dense_rank[row, word_index].astype(jnp.int32) + below
-    return jnp.where(present, edge + 1, DEAD_STATE)
+    present, before = bitmap_rank(index.dense_bits, index.dense_rank, row, token)
+    return jnp.where(present, index.indptr[row] + before + 1, DEAD_STATE)
 
 
 def advance(
