@@ -35,11 +35,12 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import numbers
 import re
 import zlib
 
 import numpy as np
+
+from retrieval.semantic_ids import check_int_at_least
 
 HASH_BUCKETS = 1 << 20
 """Hashed vocabulary of text features (only the buckets that occur become columns)."""
@@ -142,13 +143,6 @@ def _unit_rows(
     out[:, : vectors.shape[1]] = vectors * weights
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     return (out / np.where(norms > 0, norms, 1.0)).astype(np.float32)
-
-
-def _int_at_least(name: str, value, minimum: int) -> int:
-    """``value`` as a Python int, or a ValueError when it is not an integer >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,8 +302,8 @@ def content_embeddings(
         a non-numeric or infinite numeric feature, bad ``dim`` or ``seed``.
     """
     num_items = _count_items(categorical, text, numeric)
-    dim = _int_at_least("dim", dim, 1)
-    seed = _int_at_least("seed", seed, 0)
+    dim = check_int_at_least("dim", dim, 1)
+    seed = check_int_at_least("seed", seed, 0)
     blocks = (
         [_label_block(np.asarray(values), num_items) for values in categorical.values()]
         + [_text_block(np.asarray(values), num_items) for values in text.values()]
@@ -382,10 +376,10 @@ def cooccurrence_embeddings(
       ValueError: offsets not rising from 0 to the number of events, an item outside
         ``[0, num_items)`` (naming the event), bad ``num_items``, ``window``, ``dim`` or ``seed``.
     """
-    num_items = _int_at_least("num_items", num_items, 1)
-    window = _int_at_least("window", window, 1)
-    dim = _int_at_least("dim", dim, 1)
-    seed = _int_at_least("seed", seed, 0)
+    num_items = check_int_at_least("num_items", num_items, 1)
+    window = check_int_at_least("window", window, 1)
+    dim = check_int_at_least("dim", dim, 1)
+    seed = check_int_at_least("seed", seed, 0)
     offsets, items = _check_sequences(sequences_offsets, sequence_items, num_items)
     user = np.repeat(np.arange(offsets.shape[0] - 1), np.diff(offsets))  # int64 [events]
     keys, counts = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)

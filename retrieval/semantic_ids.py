@@ -189,7 +189,7 @@ class ResidualCodes:
     codebooks: np.ndarray  # float32 [levels, codebook_size, dim], level l's centroids
 
 
-def _int_at_least(name: str, value, minimum: int) -> int:
+def check_int_at_least(name: str, value, minimum: int) -> int:
     """``value`` as a Python int, or a ValueError when it is not an integer >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -240,10 +240,10 @@ def rq_kmeans(
         non-finite value (naming the row), bad ``levels``, ``codebook_size``, ``iters`` or ``seed``.
     """
     x = _check_embeddings(embeddings)
-    levels = _int_at_least("levels", levels, 1)
-    codebook_size = _int_at_least("codebook_size", codebook_size, 1)
-    iters = _int_at_least("iters", iters, 0)
-    seed = _int_at_least("seed", seed, 0)
+    levels = check_int_at_least("levels", levels, 1)
+    codebook_size = check_int_at_least("codebook_size", codebook_size, 1)
+    iters = check_int_at_least("iters", iters, 0)
+    seed = check_int_at_least("seed", seed, 0)
     key = jax.random.key(seed)
     residual = jnp.asarray(x)
     codes, codebooks = [], []
@@ -343,7 +343,7 @@ def code_stats(codes, codebook_size: int) -> CodeStats:
         ``[0, codebook_size)`` (naming the item), bad ``codebook_size``.
     """
     array = _check_codes(codes)
-    codebook_size = _int_at_least("codebook_size", codebook_size, 1)
+    codebook_size = check_int_at_least("codebook_size", codebook_size, 1)
     outside = ((array < 0) | (array >= codebook_size)).any(axis=1)
     if outside.any():
         bad = int(np.flatnonzero(outside)[0])
