@@ -397,7 +397,7 @@ def beam_search(
         core=CORE,
     )
     alpha = per_row_alpha(length_penalty, inputs.prompts.shape[0])
-    if constraint is not None and constraint.fixed_length:
+    if constraint is not None and constraint.fixed_length and hasattr(constraint, "candidates"):
         return _sparse_jit(
             model,
             params,
