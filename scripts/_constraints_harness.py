@@ -4,7 +4,7 @@ each method in one setting, the mask-kernel measurement and the interleaved grow
 The CLI, the settings it sweeps, the tables, goals, JSON and plot are in bench_constraints.py;
 this module prints nothing. Every decode is beam search (batch ``BATCH``, ``BEAMS`` beams, L
 steps) over logits that are a fixed random function of (step, beam): :func:`random_logits` for
-the dense harness loop (:func:`constraints.baselines.dense_beam_search`), :class:`RandomLogitsModel`
+the dense harness loop (:func:`baselines.dense_beam_search`), :class:`RandomLogitsModel`
 for :func:`decoding.beam_search.beam_search`. :func:`run_setting` builds every method at one
 (items, vocab, depth) and returns its table rows (:func:`finalize_rows` sets reference, ratio and
 overhead per step); :func:`growth_runs` times STATIC at two item counts against the unconstrained
@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _bench_common import compile_timed, measure_interleaved, time_runs  # noqa: E402
 
 import constraints  # noqa: E402
-from constraints.baselines import (  # noqa: E402
+from baselines import (  # noqa: E402
     StaticMask,
     build_cpu_trie,
     build_hash_bitmap,

@@ -4,7 +4,7 @@ Every method decodes the same thing: beam search (batch 2, 70 beams, L steps) ov
 are a fixed random function of (step, beam) (a table lookup, no transformer), so the numbers
 isolate the constraint's cost. Mask-based methods (STATIC through its dense mask, exact and
 sampled PPV, the hash bitmap, the CPU trie) all run through one jitted dense loop
-(:func:`constraints.baselines.dense_beam_search`); "Unconstrained" is that loop without a mask.
+(:func:`baselines.dense_beam_search`); "Unconstrained" is that loop without a mask.
 STATIC's sparse path runs through :func:`decoding.beam_search.beam_search` with
 ``constraint=index``, next to that function's own unconstrained run.
 

@@ -8,6 +8,9 @@ the hash bitmap must never forbid a valid one (its false positives are measured)
 
 from __future__ import annotations
 
+import os
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,8 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from constraints import build_fixed_length_index
-from constraints.baselines import (
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+
+from baselines import (  # noqa: E402
     PrefixState,
     StaticMask,
     build_cpu_trie,
@@ -25,8 +29,10 @@ from constraints.baselines import (
     check_items,
     dense_beam_search,
 )
-from constraints.baselines.common import max_branching, sort_unique
-from constraints.baselines.ppv import pack_items
+from baselines.common import max_branching, sort_unique  # noqa: E402
+from baselines.ppv import pack_items  # noqa: E402
+
+from constraints import build_fixed_length_index  # noqa: E402
 
 VOCAB = 12
 DEPTH = 3

@@ -1,7 +1,7 @@
 """One small jitted constrained beam loop over the mask interface (the benchmark's harness).
 
 Every mask-based method (the baselines, and STATIC through
-:class:`~constraints.baselines.static_adapter.StaticMask`) runs through this same loop, so
+:class:`~baselines.static_adapter.StaticMask`) runs through this same loop, so
 their costs compare fairly; ``constraint=None`` is the unconstrained loop. Each step scores
 ``beams x vocab`` continuations (the DENSE path: log-softmax, mask, top-k), gathers the
 constraint state by parent beam and advances it.

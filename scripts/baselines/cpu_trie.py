@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from constraints.baselines.common import PrefixState, check_items
+from baselines.common import PrefixState, check_items
 
 
 class HostTrie:

@@ -15,7 +15,7 @@ distinct tokens at position ``length`` inside that range:
   gather, no loop. Every token it allows is valid, but tokens between the samples are missed
   (recall < 1 on wide ranges).
 
-State: :class:`~constraints.baselines.common.PrefixState`. Fixed-length items only.
+State: :class:`~baselines.common.PrefixState`. Fixed-length items only.
 
 Example (vocab 4, items [[0, 1], [0, 2], [3, 3]])::
 
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from constraints.baselines.common import PrefixState, check_items, max_branching
+from baselines.common import PrefixState, check_items, max_branching
 
 
 def _lex_less(row: jax.Array, query: jax.Array, or_equal: bool) -> jax.Array:

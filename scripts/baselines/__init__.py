@@ -17,12 +17,12 @@ The interface (state is a pytree whose leaves lead with ``shape``)::
     done = method.is_complete(state)         # bool [*shape]
 """
 
-from constraints.baselines.common import PrefixState, check_items
-from constraints.baselines.cpu_trie import CpuTrie, HostTrie, build_cpu_trie
-from constraints.baselines.dense_beam import BeamResult, dense_beam_search
-from constraints.baselines.hash_bitmap import HashBitmap, HashState, build_hash_bitmap
-from constraints.baselines.ppv import PPVIndex, build_ppv
-from constraints.baselines.static_adapter import StaticMask
+from baselines.common import PrefixState, check_items
+from baselines.cpu_trie import CpuTrie, HostTrie, build_cpu_trie
+from baselines.dense_beam import BeamResult, dense_beam_search
+from baselines.hash_bitmap import HashBitmap, HashState, build_hash_bitmap
+from baselines.ppv import PPVIndex, build_ppv
+from baselines.static_adapter import StaticMask
 
 __all__ = [
     "BeamResult",

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from constraints.baselines.common import check_items
+from baselines.common import check_items
 
 SEED = np.uint32(0x2545F491)
 _WORD_SALT = np.uint32(0x68E31DA4)
