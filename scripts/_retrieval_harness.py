@@ -34,13 +34,13 @@ Methods (``METHODS``):
   (there better) 4th item, its depth-2 51st and 50th candidates 4e-6 apart).
 * ``host trie`` (per-beam cache): the ``prefix_allowed_tokens_fn`` pattern (GRID, OpenP5,
   LC-Rec): a Python loop over the 4 steps; each step downloads the beams' prefixes, walks a
-  dict-of-dicts trie on the host for every beam (:class:`baselines.HostTrie`), uploads the bool mask
-  ``[batch, beams, vocab]`` and runs one jitted beam step with it (:func:`host_trie_search`).
-  As in Hugging Face beam search, the prefilled rows are repeated to ``batch * beams`` before
-  the first step with only beam 0 live; unlike it, dead beams are not looked up and the mask is
-  built on the host and uploaded once per step (not written per beam on the device), so this
-  is a favourable version of the pattern. Its ranking is the sparse path's, so its top-K
-  equals ``constrained (trie)``'s.
+  dict-of-dicts trie on the host for every beam (:class:`baselines.HostTrie`, in
+  ``scripts/baselines/``), uploads the bool mask ``[batch, beams, vocab]`` and runs one jitted
+  beam step with it (:func:`host_trie_search`). As in Hugging Face beam search, the prefilled
+  rows are repeated to ``batch * beams`` before the first step with only beam 0 live; unlike
+  it, dead beams are not looked up and the mask is built on the host and uploaded once per step
+  (not written per beam on the device), so this is a favourable version of the pattern. Its
+  ranking is the sparse path's, so its top-K equals ``constrained (trie)``'s.
 """
 
 from __future__ import annotations
@@ -58,9 +58,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _bench_common import compile_timed, measure_interleaved  # noqa: E402
+from baselines import HostTrie, build_cpu_trie  # noqa: E402
 
 from constraints import ItemFilter, build_fixed_length_index, index_nbytes  # noqa: E402
-from baselines import HostTrie, build_cpu_trie  # noqa: E402
 from decoding.beam_helpers import (  # noqa: E402
     TopBeams,
     flatten_beams,

@@ -1,36 +1,37 @@
 """Constrained beam search: STATIC vs the baselines, in one harness.
 
-Every method decodes the same thing: beam search (batch 2, 70 beams, L steps) over logits that
-are a fixed random function of (step, beam) (a table lookup, no transformer), so the numbers
-isolate the constraint's cost. Mask-based methods (STATIC through its dense mask, exact and
-sampled PPV, the hash bitmap, the CPU trie) all run through one jitted dense loop
-(:func:`baselines.dense_beam_search`); "Unconstrained" is that loop without a mask.
-STATIC's sparse path runs through :func:`decoding.beam_search.beam_search` with
-``constraint=index``, next to that function's own unconstrained run.
+Every method decodes the same thing in the same loop: the library's
+:func:`decoding.beam_search.beam_search` (batch 2, 70 beams, L steps) of a model whose logits are
+a fixed random function of (step, beam) (a table lookup, no transformer), so the numbers isolate
+the constraint's cost. Each method is that call's ``constraint=``: "STATIC (sparse)" passes the
+``TrieIndex`` (the sparse path: ``beams x K`` candidates per step); "STATIC (dense mask)"
+passes it behind the dense protocol only (``baselines.StaticMask``), and so do the baselines
+(exact and sampled PPV, the hash bitmap, the CPU trie; ``scripts/baselines/``): the dense path,
+``beams x vocab`` masked scores per step. "Unconstrained" is ``constraint=None``.
 
 This module is the CLI: the settings swept, the tables, the goals, the JSON and the plot. The
 measuring (the random-logits model, each setting's methods timed by :func:`run_setting`, the
 mask-kernel measurement, :func:`growth_runs`) is in ``scripts/_constraints_harness.py``.
 
 Columns (times are the best of ``--repeats`` warm runs: the CPU is shared, and the least
-disturbed run is the estimate): decode_ms (full decode), reference_ms (the unconstrained decode
-of the same harness: timed alternately with every method of the setting, best of all those
-runs), overhead_ms_per_step and ratio
-(against reference_ms), kernel_us (the mask kernel alone on [2, 70] states at real item
-prefixes, compiled ahead, warm, best of 100 calls (--quick: 30; CPU trie and exact PPV: 3) per
-depth, mean over depths; per depth in the JSON and a table; for the sparse row,
-``constraints.candidates``),
-mb_per_1m_items (device arrays; the CPU trie: resident memory growth while building),
-build_s, compile_s (apart; for beam_search rows first_call_s: the first call, compile
-included), valid (fraction of the 140 outputs that are items), mask_recall and fp_per_state
+disturbed run is the estimate; each call includes beam_search's host-side input checks, alike
+for every method): decode_ms (full decode), reference_ms (the unconstrained decode: timed
+alternately with every method of the setting, best of all those runs), overhead_ms_per_step
+and ratio (against reference_ms), kernel_us (the mask kernel alone on [2, 70] states at real
+item prefixes, compiled ahead, warm, best of 100 calls (--quick: 30; CPU trie and exact PPV: 3)
+per depth, mean over depths; per depth in the JSON and a table; for the sparse row,
+``constraints.candidates``), mb_per_1m_items (device arrays; the CPU trie: resident memory
+growth while building), build_s, compile_s (apart: the first call's excess over a warm one,
+jit caches cleared per setting; first_call_s: the first call, compile included), valid
+(fraction of the 140 outputs that are items and valid beams), mask_recall and fp_per_state
 (against the exact mask, at the same states). The CPU trie is built only up to
 ``CPU_TRIE_MAX_ITEMS`` items (in ``_constraints_harness``; a dict-of-dicts takes ~1.8 GB per 1M
 items of L = 8); the goals compare it with STATIC at that item count and at the largest. Growth
 from the smallest to the largest item count is timed apart (:func:`growth_runs`: both indexes
-and the unconstrained decode interleaved, best of ``--growth-rounds``), for the dense and the
-sparse path. ``--quick`` runs 1e4 and 1e5 items, V = 256 and the TIGER-like setting, the slow
-baselines (exact PPV, CPU trie) in the items sweep only. Each setting's title gives its wall
-time and the 1-minute load average.
+and the unconstrained decode interleaved, best of ``--growth-rounds``), through the dense and
+the sparse path. ``--quick`` runs 1e4 and 1e5 items, V = 256 and the TIGER-like setting, the
+slow baselines (exact PPV, CPU trie) in the items sweep only. Each setting's title gives its
+wall time and the 1-minute load average.
 
     python scripts/bench_constraints.py --quick
     python scripts/bench_constraints.py --items 1e5,1e6,1e7 --json out.json --plot out.png
@@ -76,7 +77,7 @@ def goals(rows, largest, growth):
     the smallest to the largest item count comes from :func:`growth_runs` (interleaved).
     """
     out = {}
-    sparse = _pick(rows, "items", "STATIC (beam_search sparse)", items=largest)
+    sparse = _pick(rows, "items", "STATIC (sparse)", items=largest)
     dense = _pick(rows, "items", "STATIC (dense mask)", items=largest)
     smallest = min(r["items"] for r in rows if r["setting"] == "items")
     if sparse:
@@ -90,7 +91,7 @@ def goals(rows, largest, growth):
         cpu = max(cpu, key=lambda r: r["items"])
         out["cpu_trie_items"] = cpu["items"]
         for where, items in (("same_items", cpu["items"]), ("static_at_largest", largest)):
-            for label, method in (("dense", "STATIC (dense mask)"), ("sparse", "STATIC (beam_search sparse)")):
+            for label, method in (("dense", "STATIC (dense mask)"), ("sparse", "STATIC (sparse)")):
                 static = _pick(rows, "items", method, items=items)
                 if static is None:
                     continue
@@ -108,7 +109,7 @@ def goals(rows, largest, growth):
     small = _pick(rows, "items", "STATIC (dense mask)", items=smallest)
     if dense and small:
         out["static_dense_kernel_growth_smallest_to_largest"] = dense["kernel_us"] / small["kernel_us"]
-    small_sparse = _pick(rows, "items", "STATIC (beam_search sparse)", items=smallest)
+    small_sparse = _pick(rows, "items", "STATIC (sparse)", items=smallest)
     if sparse and small_sparse:
         out["static_sparse_kernel_growth_smallest_to_largest"] = sparse["kernel_us"] / small_sparse["kernel_us"]
     for row in growth:

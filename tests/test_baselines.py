@@ -1,9 +1,12 @@
-"""Constraint baselines against brute force: next-token sets, completeness, beam outputs.
+"""Constraint baselines (``scripts/baselines/``) against brute force: next-token sets,
+completeness, beam outputs.
 
 Oracles: the next tokens after a prefix enumerated from the item array (NumPy), and a plain
-NumPy beam search using those brute-force masks. Exact methods (CPU trie, exact PPV, the
-STATIC adapter) must match them exactly; approximate PPV must never allow an invalid token;
-the hash bitmap must never forbid a valid one (its false positives are measured).
+NumPy beam search of the bigram model using those brute-force masks. Exact methods (CPU trie,
+exact PPV, the STATIC dense-mask adapter) must match them exactly, and each one run through
+the library's ``beam_search`` (its dense path) must return what the STATIC ``TrieIndex``
+returns through the sparse path; approximate PPV must never allow an invalid token; the hash
+bitmap must never forbid a valid one (its false positives are measured).
 """
 
 from __future__ import annotations
@@ -27,12 +30,13 @@ from baselines import (  # noqa: E402
     build_hash_bitmap,
     build_ppv,
     check_items,
-    dense_beam_search,
 )
-from baselines.common import max_branching, sort_unique  # noqa: E402
 from baselines.ppv import pack_items  # noqa: E402
+from fake_models import BigramModel, TokenCache, random_params  # noqa: E402
 
 from constraints import build_fixed_length_index  # noqa: E402
+from constraints.lexsort import sorted_unique_rows  # noqa: E402
+from decoding.beam_search import beam_search  # noqa: E402
 
 VOCAB = 12
 DEPTH = 3
@@ -184,42 +188,68 @@ def test_dead_prefixes_stay_dead():
         assert not complete.any() and not mask.any()
 
 
-def _random_logits(table, step, tokens):
-    del tokens
-    return table[step]
+PROMPTS = np.array([[0], [7]], np.int32)  # two rows, one prompt token each
 
 
-def _numpy_beam_search(items: np.ndarray, table: np.ndarray, beams: int) -> tuple[np.ndarray, np.ndarray]:
-    """Reference constrained beam search with brute-force masks (one batch row)."""
+def _numpy_beam_search(items: np.ndarray, table: np.ndarray, first: int, beams: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reference constrained beam search of the bigram model (logits after token t: ``table[t]``)
+    from prompt token ``first``, with brute-force masks; ties to the lower beam * VOCAB + token."""
     log_probs = table - np.log(np.exp(table).sum(axis=-1, keepdims=True))
     seqs = [()]
     scores = np.array([0.0])
-    for step in range(items.shape[1]):
+    for _ in range(items.shape[1]):
         cands = []
         for beam, (seq, score) in enumerate(zip(seqs, scores)):
+            previous = seq[-1] if seq else first
             for token in sorted(_next_tokens(items, np.array(seq, int))):
-                cands.append((-(score + log_probs[step, beam, token]), beam * VOCAB + token, seq + (token,)))
+                cands.append((-(score + log_probs[previous, token]), beam * VOCAB + token, seq + (token,)))
         cands.sort()
         seqs = [c[2] for c in cands[:beams]]
         scores = np.array([-c[0] for c in cands[:beams]])
     return np.array(seqs), scores
 
 
-def test_beam_loop_matches_numpy_reference_for_every_exact_method():
+def _beam_search(constraint, params, beams):
+    """The library's beam search of the bigram model from PROMPTS under ``constraint``."""
+    cache = TokenCache.empty(len(PROMPTS), capacity=DEPTH + 1)
+    lengths = np.ones(len(PROMPTS), np.int32)
+    return beam_search(
+        BigramModel(), params, cache, PROMPTS, lengths, num_beams=beams, constraint=constraint, length_penalty=0.0
+    )
+
+
+def test_beam_search_with_every_baseline_matches_static_and_the_numpy_reference():
+    """Every exact method through beam_search's dense path returns the NumPy reference's beams,
+    as the STATIC TrieIndex does through the sparse path. The hash bitmap, at 1024 bits per
+    entry, has no false positive on these beams' paths, so it returns them too; sampled PPV
+    (2 samples per range) returns items only, scored by the model's exact log-probs."""
     items = ITEM_SETS["dense"]
     beams = 8
-    rng = np.random.default_rng(5)
-    table = rng.normal(size=(DEPTH, 1, beams, VOCAB)).astype(np.float32) * 2
-    expected_tokens, expected_scores = _numpy_beam_search(items, table[:, 0], beams)
+    params = random_params(VOCAB, seed=5)
+    table = np.asarray(params, np.float64)
+    index = build_fixed_length_index(items, VOCAB)
+    static = _beam_search(index, params, beams)
+    for row, (first,) in enumerate(PROMPTS.tolist()):
+        expected_tokens, expected_scores = _numpy_beam_search(items, table, first, beams)
+        np.testing.assert_array_equal(np.asarray(static.sequences[row]), expected_tokens)
+        np.testing.assert_allclose(np.asarray(static.scores[row]), expected_scores, rtol=1e-5)
+    assert np.asarray(static.valid).all()
+    methods = dict(_methods(items), hash_bitmap=build_hash_bitmap(items, VOCAB, bits_per_entry=1024))
+    for name, method in methods.items():
+        out = _beam_search(method, params, beams)
+        np.testing.assert_array_equal(np.asarray(out.sequences), np.asarray(static.sequences), err_msg=name)
+        np.testing.assert_allclose(np.asarray(out.scores), np.asarray(static.scores), rtol=1e-5, err_msg=name)
+        np.testing.assert_array_equal(np.asarray(out.valid), np.asarray(static.valid), err_msg=name)
+    sampled = _beam_search(build_ppv(items, VOCAB, sample_window=2), params, beams)
     item_set = set(map(tuple, items.tolist()))
-    assert all(tuple(seq) in item_set for seq in expected_tokens.tolist())
-    for name, method in _methods(items).items():
-        out = dense_beam_search(_random_logits, jnp.asarray(table), method, batch=1, beams=beams, steps=DEPTH)
-        np.testing.assert_array_equal(np.asarray(out.tokens[0]), expected_tokens, err_msg=name)
-        np.testing.assert_allclose(np.asarray(out.scores[0]), expected_scores, rtol=1e-5, err_msg=name)
-        assert np.asarray(out.complete).all(), name
-    free = dense_beam_search(_random_logits, jnp.asarray(table), None, batch=1, beams=beams, steps=DEPTH)
-    assert np.asarray(free.scores[0, 0]) >= expected_scores[0]  # unconstrained can only score higher
+    log_probs = table - np.log(np.exp(table).sum(axis=-1, keepdims=True))
+    sequences, valid = np.asarray(sampled.sequences), np.asarray(sampled.valid)
+    assert valid[:, 0].all()
+    for row, beam in zip(*np.nonzero(valid)):
+        path = [int(PROMPTS[row, 0])] + sequences[row, beam].tolist()
+        assert tuple(path[1:]) in item_set
+        expected = sum(log_probs[a, b] for a, b in zip(path, path[1:]))
+        np.testing.assert_allclose(np.asarray(sampled.log_probs[row, beam]), expected, rtol=1e-5)
 
 
 def test_cpu_trie_runs_through_pure_callback_inside_jit():
@@ -242,28 +272,23 @@ def test_cpu_trie_runs_through_pure_callback_inside_jit():
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.lists(st.integers(0, 5), min_size=4, max_size=4), min_size=1, max_size=30))
-def test_sorted_packing_and_branching_match_brute_force(rows):
-    items = np.array(rows, np.int32)
-    ordered = sort_unique(items)
-    assert [tuple(r) for r in ordered.tolist()] == sorted(set(map(tuple, rows)))
+def test_packed_keys_keep_the_sorted_order(rows):
+    """PPV's keys of the library-sorted items are sorted and distinct, in one or two words."""
+    ordered = sorted_unique_rows(np.array(rows, np.int32), 6)
     for bits, per_word in ((3, 10), (3, 2)):  # 3 bits per token, one or two words per item
         keys = pack_items(ordered, bits, per_word)
         as_tuples = [tuple(k) for k in keys.tolist()]
         assert as_tuples == sorted(as_tuples) and len(set(as_tuples)) == len(as_tuples)
-    expected = [
-        max(len(_next_tokens(ordered, np.array(p))) for p in {tuple(r[:d]) for r in ordered.tolist()}) for d in range(4)
-    ]
-    assert list(max_branching(ordered)) == expected
 
 
 @pytest.mark.parametrize(
     "items, vocab, message",
     [
-        (np.zeros((0, 3), int), 4, "non-empty"),
-        (np.zeros(3, int), 4, "non-empty"),
-        (np.array([[0.5, 1.0]]), 4, "integers"),
-        (np.array([[0, 4]]), 4, r"\[0, 4\)"),
-        (np.array([[-1, 0]]), 4, r"\[0, 4\)"),
+        (np.zeros((0, 3), int), 4, "empty"),
+        (np.zeros(3, int), 4, "2-D"),
+        (np.array([[0.5, 1.0]]), 4, "integer dtype"),
+        (np.array([[0, 4]]), 4, r"row 0 has token 4 .* \[0, 4\)"),
+        (np.array([[0, 1], [-1, 0]]), 4, r"row 1 has token -1 .* \[0, 4\)"),
         (np.array([[0, 1]]), 0, "vocab_size"),
     ],
 )

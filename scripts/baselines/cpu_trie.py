@@ -3,7 +3,8 @@
 This is the Hugging Face ``prefix_allowed_tokens_fn`` / GENRE pattern: at every decode step
 the device hands the emitted prefixes to the host, the host walks the trie from the root for
 each row, and sends back a dense mask. It exists to be measured against (one host round trip
-per step), not to be used.
+per step), not to be used. :func:`decoding.beam_search.beam_search` runs it on its dense path
+(``constraint=build_cpu_trie(items, vocab)``), the callback inside the jitted loop.
 
 Example (vocab 4, items [[0, 1], [0, 2], [3, 3]])::
 
@@ -15,6 +16,8 @@ Example (vocab 4, items [[0, 1], [0, 2], [3, 3]])::
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -73,13 +76,15 @@ class HostTrie:
 
 @struct.dataclass
 class CpuTrie:
-    """Mask interface over a :class:`HostTrie`; the mask is computed on the host every call.
+    """The constraint protocol over a :class:`HostTrie`; the mask is computed on the host every call.
 
     The whole object is static (no array leaves): passing it to a jitted function bakes the
     trie in by identity. State: :class:`PrefixState`.
     """
 
     host: HostTrie = struct.field(pytree_node=False)
+    fixed_length: ClassVar[bool] = True  # every item has depth tokens
+    eos_id: ClassVar[None] = None
 
     @property
     def vocab_size(self) -> int:
@@ -89,7 +94,7 @@ class CpuTrie:
     def depth(self) -> int:
         return self.host.depth
 
-    def initial_state(self, shape: tuple[int, ...]) -> PrefixState:
+    def initial_state(self, shape: int | tuple[int, ...]) -> PrefixState:
         return PrefixState.empty(shape, self.depth)
 
     def allowed_mask(self, state: PrefixState) -> jax.Array:  # bool [..., vocab]

@@ -21,12 +21,14 @@ Example::
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from baselines.common import check_items
+from baselines.common import as_shape, check_items
 
 SEED = np.uint32(0x2545F491)
 _WORD_SALT = np.uint32(0x68E31DA4)
@@ -66,18 +68,24 @@ class HashState:
 
 @struct.dataclass
 class HashBitmap:
-    """The bit array plus static metadata (vocab_size, depth, num_hashes recompile; words traced)."""
+    """The bit array plus static metadata (vocab_size, depth, num_hashes recompile; words traced).
+
+    A constraint in the library's protocol (fixed length, no EOS); state: :class:`HashState`.
+    """
 
     words: jax.Array  # uint32 [num_words]   num_words a power of two
     vocab_size: int = struct.field(pytree_node=False)
     depth: int = struct.field(pytree_node=False)
     num_hashes: int = struct.field(pytree_node=False)
+    fixed_length: ClassVar[bool] = True
+    eos_id: ClassVar[None] = None
 
     def nbytes(self) -> int:
         return int(self.words.nbytes)
 
-    def initial_state(self, shape: tuple[int, ...]) -> HashState:
-        return HashState(hash=jnp.full(tuple(shape), SEED, jnp.uint32), length=jnp.zeros(tuple(shape), jnp.int32))
+    def initial_state(self, shape: int | tuple[int, ...]) -> HashState:
+        shape = as_shape(shape)
+        return HashState(hash=jnp.full(shape, SEED, jnp.uint32), length=jnp.zeros(shape, jnp.int32))
 
     def advance(self, state: HashState, token: jax.Array) -> HashState:  # token: int32 [...]
         child = child_hash(state.hash, jnp.asarray(token).astype(jnp.uint32))

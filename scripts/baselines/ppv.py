@@ -9,13 +9,15 @@ key > prefix padded with all-ones tokens). The next tokens allowed after the pre
 distinct tokens at position ``length`` inside that range:
 
 * exact (``sample_window == 0``): jump through the range one distinct token at a time: read
-  the token at ``lo``, then binary-search past every item that continues with it; at most
-  ``max_branch`` jumps (a ``lax.while_loop`` that stops when every row's range is exhausted);
+  the token at ``lo``, then binary-search past every item that continues with it (a
+  ``lax.while_loop`` that stops when every row's range is exhausted: as many jumps as the
+  widest row has next tokens);
 * approximate (``sample_window = k``): read only ``k`` evenly spaced items of the range, one
   gather, no loop. Every token it allows is valid, but tokens between the samples are missed
   (recall < 1 on wide ranges).
 
-State: :class:`~baselines.common.PrefixState`. Fixed-length items only.
+State: :class:`~baselines.common.PrefixState`. Fixed-length items only; a constraint in the
+library's protocol (no ``candidates``: beam search's dense path).
 
 Example (vocab 4, items [[0, 1], [0, 2], [3, 3]])::
 
@@ -26,12 +28,15 @@ Example (vocab 4, items [[0, 1], [0, 2], [3, 3]])::
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from baselines.common import PrefixState, check_items, max_branching
+from baselines.common import PrefixState, check_items
+from constraints.lexsort import sorted_unique_rows
 
 
 def _lex_less(row: jax.Array, query: jax.Array, or_equal: bool) -> jax.Array:
@@ -76,8 +81,8 @@ def _scatter_mask(mask: jax.Array, tokens: jax.Array, valid: jax.Array) -> jax.A
 class PPVIndex:
     """Sorted packed item keys plus the static layout.
 
-    Static fields (a new value recompiles): vocab_size, depth, bits, per_word, max_branch,
-    sample_window. The keys are traced.
+    Static fields (a new value recompiles): vocab_size, depth, bits, per_word, sample_window.
+    The keys are traced.
     """
 
     keys: jax.Array  # uint32 [num_items, words]   sorted, unique, first token in the high bits
@@ -85,8 +90,9 @@ class PPVIndex:
     depth: int = struct.field(pytree_node=False)
     bits: int = struct.field(pytree_node=False)  # bits per token
     per_word: int = struct.field(pytree_node=False)  # tokens per uint32 word
-    max_branch: int = struct.field(pytree_node=False)  # most distinct next tokens of any prefix
     sample_window: int = struct.field(pytree_node=False, default=0)  # 0: exact; k: k samples per range
+    fixed_length: ClassVar[bool] = True
+    eos_id: ClassVar[None] = None
 
     def approximate(self, sample_window: int) -> "PPVIndex":
         """The same index read approximately: ``sample_window`` evenly spaced items per range."""
@@ -125,7 +131,7 @@ class PPVIndex:
         hi = _search(self.keys, self._pack(state.prefix, state.length, top), past_equal=True)
         return lo, jnp.where(state.length > self.depth, lo, hi)
 
-    def initial_state(self, shape: tuple[int, ...]) -> PrefixState:
+    def initial_state(self, shape: int | tuple[int, ...]) -> PrefixState:
         return PrefixState.empty(shape, self.depth)
 
     def advance(self, state: PrefixState, token: jax.Array) -> PrefixState:  # token: int32 [...]
@@ -163,20 +169,22 @@ class PPVIndex:
         top = (1 << self.bits) - 1
 
         def cond(carry):
-            position, _, jumps = carry
-            return jnp.any(position < hi) & (jumps < self.max_branch)
+            position, _ = carry
+            return jnp.any(position < hi)
 
         def body(carry):
-            position, mask, jumps = carry  # int32 [S], bool [S, vocab], int32 []
+            # Each jump lands strictly past ``position`` (past every item that shares the prefix
+            # and the token at ``position``), so every row's range runs out.
+            position, mask = carry  # int32 [S], bool [S, vocab]
             active = position < hi
             row = jnp.take(self.keys, jnp.minimum(position, self.keys.shape[0] - 1), axis=0)
             token = self._token_at(row, state.length)
             mask = _scatter_mask(mask, token[:, None], active[:, None])
             longer = state.append(token)
             past = _search(self.keys, self._pack(longer.prefix, longer.length, top), past_equal=True)
-            return jnp.where(active, past, position), mask, jumps + 1
+            return jnp.where(active, past, position), mask
 
-        init = (lo, jnp.zeros((num_rows, self.vocab_size), bool), jnp.int32(0))
+        init = (lo, jnp.zeros((num_rows, self.vocab_size), bool))
         return jax.lax.while_loop(cond, body, init)[1]
 
 
@@ -192,28 +200,9 @@ def pack_items(items: np.ndarray, bits: int, per_word: int) -> np.ndarray:
     return keys
 
 
-def _sorted_unique_keys(items: np.ndarray, bits: int, per_word: int) -> tuple[np.ndarray, np.ndarray]:
-    """Packs, sorts and dedupes: returns (items int32 [n, depth], keys uint32 [n, words]), both sorted.
-
-    Sorting the packed keys (pairs of words fused into uint64) is a lexsort over
-    ``ceil(words / 2)`` columns instead of ``depth``.
-    """
-    keys = pack_items(items, bits, per_word)
-    words = keys.shape[1]
-    if words % 2:
-        keys_even = np.concatenate([keys, np.zeros((len(keys), 1), np.uint32)], axis=1)
-    else:
-        keys_even = keys
-    wide = (keys_even[:, 0::2].astype(np.uint64) << np.uint64(32)) | keys_even[:, 1::2]
-    order = np.lexsort(wide.T[::-1])
-    keys = keys[order]
-    keep = np.ones(len(keys), bool)
-    keep[1:] = np.any(keys[1:] != keys[:-1], axis=1)
-    return items[order[keep]], keys[keep]
-
-
 def build_ppv(items, vocab_size: int, sample_window: int = 0) -> PPVIndex:
-    """Builds the PPV index of ``items`` (int [num_items, depth], any order, dups ok).
+    """Builds the PPV index of ``items`` (int [num_items, depth], any order, dups ok): sorted and
+    deduplicated by the STATIC builder's :func:`constraints.lexsort.sorted_unique_rows`, then packed.
 
     ``sample_window`` 0 gives the exact method; k > 0 the approximate one (see the module doc).
     """
@@ -222,13 +211,12 @@ def build_ppv(items, vocab_size: int, sample_window: int = 0) -> PPVIndex:
         raise ValueError(f"sample_window must be an int >= 0, got {sample_window!r}")
     bits = max(1, int(vocab_size - 1).bit_length())
     per_word = 32 // bits
-    ordered, keys = _sorted_unique_keys(items, bits, per_word)
+    keys = pack_items(sorted_unique_rows(items, vocab_size), bits, per_word)
     return PPVIndex(
         keys=jnp.asarray(keys),
         vocab_size=int(vocab_size),
-        depth=ordered.shape[1],
+        depth=items.shape[1],
         bits=bits,
         per_word=per_word,
-        max_branch=max(max_branching(ordered)),
         sample_window=sample_window,
     )

@@ -1,8 +1,11 @@
-"""The STATIC :class:`~constraints.TrieIndex` behind the baselines' mask interface.
+"""The STATIC :class:`~constraints.TrieIndex` with its dense mask only: the "STATIC (dense mask)" row.
 
-A thin wrapper over ``constraints.initial_state / allowed_mask / advance / is_complete``, so the
-benchmark's dense beam loop treats STATIC exactly like every baseline. State: int32 [...]
-trie state ids.
+:func:`decoding.beam_search.beam_search` takes its SPARSE path for a fixed-length constraint
+with ``candidates`` (a ``TrieIndex`` itself: the "STATIC (sparse)" row), and its DENSE path
+(``beams x vocab`` scores, masked) for every other constraint. This wrapper forwards the
+protocol (``constraints.initial_state / allowed_mask / advance / is_complete`` and the static
+metadata) but not ``candidates`` or ``max_branching``, so STATIC's trie runs through the same
+dense path as every baseline. State: int32 [...] trie state ids.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import constraints
 
 @struct.dataclass
 class StaticMask:
-    """Mask interface over a STATIC ``TrieIndex`` (its arrays are traced, its metadata static)."""
+    """A ``TrieIndex`` behind the dense protocol only (its arrays are traced, its metadata static)."""
 
     index: constraints.TrieIndex
 
@@ -27,11 +30,19 @@ class StaticMask:
     def depth(self) -> int:
         return self.index.depth
 
+    @property
+    def fixed_length(self) -> bool:
+        return self.index.fixed_length
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.index.eos_id
+
     def nbytes(self) -> int:
         return int(constraints.index_nbytes(self.index))
 
-    def initial_state(self, shape: tuple[int, ...]) -> jax.Array:  # int32 [*shape]
-        return constraints.initial_state(self.index, tuple(shape))
+    def initial_state(self, shape: int | tuple[int, ...]) -> jax.Array:  # int32 [*shape]
+        return constraints.initial_state(self.index, shape)
 
     def allowed_mask(self, state: jax.Array) -> jax.Array:  # state int32 [...] -> bool [..., vocab]
         return constraints.allowed_mask(self.index, state)
