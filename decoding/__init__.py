@@ -12,12 +12,14 @@ ValueError naming the row or field, :class:`DonatedCacheError` for a reused dona
 instead).
 """
 
+from constraints.protocol import Constraint, Unconstrained
 from decoding.beam_helpers import BeamSearchOutput, TopBeams
 from decoding.beam_search import beam_search
-from decoding.constrained import constrained_generate, sparse_beam_search
+from decoding.constrained import sparse_beam_search
 from decoding.diverse_beam_search import HammingDiversity, diverse_beam_search
-from decoding.drafts import ModelDraft, PromptLookupDraft
+from decoding.drafts import DraftSource, ModelDraft, PromptLookupDraft, Proposal
 from decoding.generate import GenerateOutput, generate
+from decoding.inputs import CallInputs, prepare
 from decoding.prefill import bucket_length, prefill
 from decoding.protocol import DecodeCache, DecodeModel
 from decoding.samplers import Categorical, Greedy, MinP, Temperature, TopK, TopP
@@ -26,16 +28,20 @@ from decoding.validation import DonatedCacheError, TracedCallError
 
 __all__ = [
     "BeamSearchOutput",
+    "CallInputs",
     "Categorical",
+    "Constraint",
     "DecodeCache",
     "DecodeModel",
     "DonatedCacheError",
+    "DraftSource",
     "GenerateOutput",
     "Greedy",
     "HammingDiversity",
     "MinP",
     "ModelDraft",
     "PromptLookupDraft",
+    "Proposal",
     "SpeculativeOutput",
     "SpeculativeStats",
     "Temperature",
@@ -43,12 +49,13 @@ __all__ = [
     "TopK",
     "TopP",
     "TracedCallError",
+    "Unconstrained",
     "beam_search",
     "bucket_length",
-    "constrained_generate",
     "diverse_beam_search",
     "generate",
     "prefill",
+    "prepare",
     "sparse_beam_search",
     "speculative_generate",
 ]

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from decoding.samplers import sample_rows
+
 NEG_INF = -jnp.inf
 
 
@@ -94,16 +96,6 @@ def residual_log_probs(
     log_residual = jnp.where(residual > 0, jnp.log(jnp.where(residual > 0, residual, 1.0)), NEG_INF)
     log_residual = log_residual - jnp.log(jnp.where(total > 0, total, 1.0))
     return jnp.where(total > 0, log_residual, target_log_probs)
-
-
-def sample_rows(
-    keys: jax.Array,  # key [batch]
-    log_probs: jax.Array,  # float32 [batch, vocab], -inf outside the support
-) -> jax.Array:  # int32 [batch]
-    """One token per row from ``exp(log_probs)``, row ``b`` drawn with ``keys[b]`` alone
-    (Gumbel-max), so the result does not depend on the batch split."""
-    gumbel = jax.vmap(lambda key: jax.random.gumbel(key, log_probs.shape[-1:], jnp.float32))(keys)
-    return jnp.argmax(log_probs + gumbel, axis=-1).astype(jnp.int32)
 
 
 def rejection_accept(

@@ -21,14 +21,16 @@ hypothesis. Log-probs are <= 0, so a live beam with sum ``s`` after ``t`` tokens
 score of at most ``max(s / (t+1) ** a, s / max_new_tokens ** a)`` (``s / L ** a`` is monotone in
 ``L``); the loop ends when every row's best such bound is strictly below its worst finished score.
 
-Constraints (``constraint=``, a :class:`constraints.TrieIndex`):
+Constraints (``constraint=``, any automaton of :mod:`constraints.protocol`):
 
-* fixed-length index: the SPARSE path. ``index.depth`` steps, unrolled in Python (the width
-  ``K = index.max_branching[d]`` differs per depth); each step ranks ``beams x K`` candidates
+* a layered one (a fixed-length :class:`constraints.TrieIndex`, a
+  :class:`constraints.ItemFilter`): the SPARSE path. ``depth`` steps, unrolled in Python (the
+  width ``K = max_branching[d]`` differs per depth); each step ranks ``beams x K`` candidates
   from :func:`decoding.constrained.sparse_candidates`. Outputs are exactly the items' tokens.
-* variable-length index: the DENSE path. Log-probs outside :func:`constraints.allowed_mask`
-  are -inf; ``index.eos_id`` is the only EOS and a hypothesis finishes when its state is
-  complete.
+* any other (a variable-length trie, a :class:`constraints.TokenDFA`, a fixed-length automaton
+  without ``candidates``): the DENSE path. Log-probs of tokens the state does not allow are
+  -inf; a hypothesis must end in a complete state (a variable-length automaton's ``eos_id``
+  is then the only EOS).
 
 Log-probs are never renormalized over the allowed tokens: a constrained score is the model's
 exact sequence log-probability. Beams beyond the reachable hypotheses come back with
@@ -49,35 +51,37 @@ log-prob ``-p``, ``p = log(1 + 5 e^-10) ~ 2.3e-4``; every other token has ``-10 
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-from constraints import TrieIndex
+from constraints.protocol import Constraint, is_layered, is_unconstrained
+from decoding import sharding
 from decoding.beam_helpers import (
     BeamSearchOutput,
+    Hypotheses,
     TopBeams,
     flatten_beams,
     gather_beams,
     length_penalty,
     parent_rows,
     per_row_alpha,
-    prepare_inputs,
     take_candidates,
     to_output,
     unflatten_beams,
 )
 from decoding.cache_rows import gather_rows, repeat_rows
 from decoding.constrained import mask_log_probs, sparse_beam_search
+from decoding.inputs import CallInputs, Prepared, prepare
 from decoding.prefill import DEFAULT_MIN_BUCKET
-from decoding.validation import check_pad_id, nonfinite_logits
+from decoding.validation import nonfinite_logits
 
 CORE = (
-    "decoding.beam_search.run_dense (decoding.constrained.sparse_beam_search for a fixed-length constraint), "
-    "then decoding.beam_helpers.to_output"
+    "decoding.inputs.prepare (outside the trace), then decoding.beam_search.run_dense "
+    "(decoding.constrained.sparse_beam_search for a layered fixed-length constraint) and "
+    "decoding.beam_helpers.to_output"
 )
 
 
@@ -89,7 +93,7 @@ class BeamSettings:
     selector: Any  # a decoding.beam_helpers.BeamSelector
     eos_ids: jax.Array  # int32 [num_eos]  tokens that end a hypothesis
     alpha: jax.Array  # float32 [batch]  length penalty exponent
-    constraint: TrieIndex | None  # dense-mask automaton, or None
+    constraint: Constraint  # dense-mask automaton (constraints.protocol.Unconstrained when none)
 
 
 @struct.dataclass
@@ -98,7 +102,7 @@ class Live:
 
     tokens: jax.Array  # int32 [rows, beams, width]  tokens so far, pad_id after
     log_probs: jax.Array  # float32 [rows, beams]  summed model log-probs, -inf for dead beams
-    states: jax.Array | None  # int32 [rows, beams]  automaton states (None: unconstrained)
+    states: Any  # the constraint's state pytree, leaves [rows, beams, ...]
 
 
 @struct.dataclass
@@ -170,7 +174,7 @@ def _select(
     scores = live.log_probs[..., None] + log_probs
     parent, token = settings.selector.select(scores)
     new_log_probs = take_candidates(scores, parent, token)
-    states = None if index is None else index.advance(gather_beams(live.states, parent), token)
+    states = index.advance(gather_beams(live.states, parent), token)
     new_live = Live(
         tokens=jnp.where(at_step, token[..., None], gather_beams(live.tokens, parent)),
         log_probs=new_log_probs,
@@ -202,14 +206,14 @@ def run_dense(
     num_beams: int,
     width: int,
     pad_id: jax.Array,  # int32 []
-) -> dict[str, jax.Array]:
+) -> Hypotheses:
     """The dense loop (traceable): prefill, repeat rows, step until done; then the live beams at
     max length join the pool. ``model``, ``num_beams`` and ``width`` are static.
 
-    Returns the pool as a dict of ``tokens, lengths, log_probs, scores``, each
-    ``[batch, num_beams, ...]`` (group-major when the selector has groups; not yet sorted),
-    and ``nonfinite`` bool [batch] (:func:`decoding.validation.nonfinite_logits` at any step,
-    any beam); :func:`decoding.beam_helpers.to_output` sorts it into the output.
+    Returns the pool as :class:`decoding.beam_helpers.Hypotheses` ``[batch, num_beams, ...]``
+    (group-major when the selector has groups; not yet sorted; ``nonfinite`` from
+    :func:`decoding.validation.nonfinite_logits` at any step, any beam), which
+    :func:`decoding.beam_helpers.to_output` sorts into the output.
     """
     groups = settings.selector.num_groups
     beams = num_beams // groups
@@ -228,7 +232,7 @@ def run_dense(
         live=Live(
             tokens=jnp.full((rows, beams, width), pad_id, jnp.int32),
             log_probs=jnp.full((rows, beams), -jnp.inf, jnp.float32).at[:, 0].set(0.0),
-            states=None if index is None else index.initial_state((rows, beams)),
+            states=index.initial_state((rows, beams)),
         ),
         finished=Finished(
             tokens=jnp.full((rows, beams, width), pad_id, jnp.int32),
@@ -247,13 +251,12 @@ def run_dense(
         logits, cache = model(params, c.last_tokens[:, None], c.cache, jnp.ones((rows * beams,), jnp.int32))
         log_probs = unflatten_beams(jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), axis=-1), beams)
         nonfinite = c.nonfinite | jnp.any(nonfinite_logits(log_probs), axis=1)
-        if index is not None:
-            log_probs = mask_log_probs(index, c.live.states, log_probs)
+        log_probs = mask_log_probs(index, c.live.states, log_probs)
         return _select(c.replace(cache=cache, nonfinite=nonfinite), log_probs, settings, alpha)
 
     carry = jax.lax.while_loop(not_finished, body, carry)
     keep = (carry.step == width) & jnp.isfinite(carry.live.log_probs)
-    if index is not None:
+    if not is_unconstrained(index):  # a constrained hypothesis must be a whole output
         keep &= index.is_complete(carry.live.states)
     pool = _merge_finished(
         carry.finished,
@@ -262,44 +265,44 @@ def run_dense(
         jnp.where(keep, carry.live.log_probs, -jnp.inf),
         alpha,
     )
-    return {
-        "tokens": pool.tokens.reshape(batch, num_beams, width),
-        "lengths": pool.lengths.reshape(batch, num_beams),
-        "log_probs": pool.log_probs.reshape(batch, num_beams),
-        "scores": pool.scores.reshape(batch, num_beams),
-        "nonfinite": jnp.any(carry.nonfinite.reshape(batch, groups), axis=1),
-    }
+    return Hypotheses(
+        tokens=pool.tokens.reshape(batch, num_beams, width),
+        lengths=pool.lengths.reshape(batch, num_beams),
+        log_probs=pool.log_probs.reshape(batch, num_beams),
+        scores=pool.scores.reshape(batch, num_beams),
+        nonfinite=jnp.any(carry.nonfinite.reshape(batch, groups), axis=1),
+    )
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_beams"))
-def _sparse_jit(
+def _sparse_program(
     model: Any,
+    num_beams: int,
     params: Any,
     cache: Any,
-    prompts: jax.Array,  # int32 [batch, bucket]
-    prompt_lengths: jax.Array,  # int32 [batch]
-    index: Any,  # a fixed-length TrieIndex or layered constraint (decoding.beam_helpers.LAYERED_API)
+    inputs: CallInputs,
+    constraint: Any,  # a layered fixed-length constraint (constraints.protocol.LayeredConstraint)
     alpha: jax.Array,  # float32 [batch]
-    pad_id: jax.Array,  # int32 []
-    num_beams: int,
 ) -> BeamSearchOutput:
-    final = sparse_beam_search(model, params, cache, prompts, prompt_lengths, index, alpha, pad_id, num_beams)
-    return to_output(final, pad_id)
+    prompts, lengths = jnp.asarray(inputs.prompts), jnp.asarray(inputs.prompt_lengths)
+    final = sparse_beam_search(model, params, cache, prompts, lengths, constraint, alpha, inputs.pad_id, num_beams)
+    return to_output(final, inputs.pad_id)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_beams", "width"))
-def _dense_jit(
+def _dense_program(
     model: Any,
+    num_beams: int,
     params: Any,
     cache: Any,
-    prompts: jax.Array,  # int32 [batch, bucket]
-    prompt_lengths: jax.Array,  # int32 [batch]
+    inputs: CallInputs,
     settings: BeamSettings,
-    pad_id: jax.Array,  # int32 []
-    num_beams: int,
-    width: int,
 ) -> BeamSearchOutput:
-    return to_output(run_dense(model, params, cache, prompts, prompt_lengths, settings, num_beams, width, pad_id), pad_id)
+    prompts, lengths = jnp.asarray(inputs.prompts), jnp.asarray(inputs.prompt_lengths)
+    final = run_dense(model, params, cache, prompts, lengths, settings, num_beams, inputs.width, inputs.pad_id)
+    return to_output(final, inputs.pad_id)
+
+
+_sparse_jit = jax.jit(_sparse_program, static_argnums=(0, 1))
+_dense_jit = jax.jit(_dense_program, static_argnums=(0, 1))
 
 
 def compiled_variants() -> int:
@@ -307,27 +310,69 @@ def compiled_variants() -> int:
     return _sparse_jit._cache_size() + _dense_jit._cache_size()
 
 
-def run_beam_search(
+def run_program(
+    model: Any,
+    num_beams: int,
+    params: Any,
+    cache: Any,
+    prepared: Prepared,
+    settings: BeamSettings,
+    mesh: jax.sharding.Mesh | None,
+) -> BeamSearchOutput:
+    """Runs the sparse program for a layered constraint, else the dense one, on one device or
+    with rows split over ``mesh`` (shared with diverse beam search)."""
+    inputs = prepared.inputs
+    sparse = is_layered(settings.constraint) and isinstance(settings.selector, TopBeams)
+    if sparse:
+        program, jitted = _sparse_program, _sparse_jit
+        args = (params, cache, inputs, settings.constraint, settings.alpha)
+    else:
+        program, jitted, args = _dense_program, _dense_jit, (params, cache, inputs, settings)
+    if mesh is None:
+        return jitted(model, num_beams, *args)
+    rows, replicated = sharding.named(mesh)
+    sharding.check_rows(inputs.prompts.shape[0], mesh)
+    shared = (sharding.param_shardings(params, mesh), rows, sharding.input_shardings(inputs, mesh))
+    if sparse:
+        in_shardings = shared + (replicated, rows)
+    else:
+        in_shardings = shared + (settings.replace(selector=replicated, eos_ids=replicated, alpha=rows, constraint=replicated),)
+    # Every output leaf is batch-leading.
+    return sharding.run_on_mesh(program, (model, num_beams), args, mesh, in_shardings, rows)
+
+
+def check_num_beams(num_beams: Any) -> int:
+    if not isinstance(num_beams, int) or isinstance(num_beams, bool) or num_beams < 1:
+        raise ValueError(f"num_beams must be a positive int, got {num_beams!r}")
+    return num_beams
+
+
+def prepare_search(
+    entry: str,
+    core: str,
     model: Any,
     params: Any,
     cache: Any,
-    inputs: Any,
-    settings: BeamSettings,
-    num_beams: int,
-    pad_id: int,
-) -> BeamSearchOutput:
-    """Runs the dense loop on checked inputs (shared with diverse beam search)."""
-    return _dense_jit(
-        model,
-        params,
-        cache,
-        inputs.prompts,
-        inputs.prompt_lengths,
-        settings,
-        check_pad_id(pad_id),
-        num_beams,
-        inputs.width,
+    prompts: Any,
+    prompt_lengths: Any,
+    *,
+    selector: Any,
+    length_penalty: Any,
+    layered_ok: bool,
+    **options: Any,
+) -> tuple[Prepared, BeamSettings]:
+    """:func:`decoding.inputs.prepare` for a beam search (static width; a fixed-length
+    constraint's depth exactly) and its :class:`BeamSettings` (shared with diverse beam search)."""
+    prepared = prepare(
+        entry, core, model, params, cache, prompts, prompt_lengths, static_width=True, layered_ok=layered_ok, **options
     )
+    settings = BeamSettings(
+        selector=selector,
+        eos_ids=prepared.inputs.eos_ids,
+        alpha=per_row_alpha(length_penalty, prepared.inputs.prompts.shape[0]),
+        constraint=prepared.constraint,
+    )
+    return prepared, settings
 
 
 def beam_search(
@@ -343,7 +388,9 @@ def beam_search(
     length_penalty: Any = 1.0,
     constraint: Any = None,
     pad_id: int = 0,
+    vocab_size: int | None = None,
     min_bucket: int = DEFAULT_MIN_BUCKET,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> BeamSearchOutput:
     """The ``num_beams`` best continuations of each prompt (see the module docstring).
 
@@ -361,13 +408,18 @@ def beam_search(
         ``()`` with a fixed-length constraint; with a variable-length one it is
         ``(constraint.eos_id,)`` (``()`` means the same).
       length_penalty: exponent ``a`` of ``length ** a``; float scalar or float [batch]. Traced.
-      constraint: a :class:`constraints.TrieIndex`, or None; or any variable-length automaton
-        with :data:`decoding.beam_helpers.DENSE_API` (e.g. a :class:`constraints.TokenDFA`
-        from :func:`constraints.compile_regex`; dense path); or a fixed-length layered
-        constraint such as :class:`constraints.ItemFilter` (per-row item filters; sparse path
-        only). Its arrays are traced, its metadata (depth, branching, vocab, eos) static.
+      constraint: None, or any automaton of :mod:`constraints.protocol`. One with the layered
+        capability (a fixed-length :class:`constraints.TrieIndex`, a
+        :class:`constraints.ItemFilter` of per-row item filters) takes the sparse path; any
+        other (a :class:`constraints.TokenDFA` from :func:`constraints.compile_regex`, a
+        variable-length trie, ...) the dense path. Its arrays are traced, its metadata
+        (depth, branching, vocab, eos) static.
       pad_id: fills sequences after each end and invalid beams. Traced.
+      vocab_size: to check token ids; default: the model's.
       min_bucket: smallest prompt bucket. Static.
+      mesh: optional mesh from :func:`decoding.sharding.data_mesh`: prompts (and their beams)
+        split over its ``data`` axis (the batch must divide evenly), weights replicated or
+        split on ``model``; the output equals an unsharded call's.
 
     Returns:
       :class:`BeamSearchOutput`, ``[batch, num_beams, ...]``, best first, with ``nonfinite``
@@ -379,40 +431,27 @@ def beam_search(
         ``length_penalty``, or a constraint inconsistent with the model or with ``eos_ids``.
       decoding.validation.DonatedCacheError: the cache or params hold deleted arrays.
       decoding.validation.TracedCallError: called under ``jax.jit``; inside jit call
-        :func:`run_dense` (or :func:`decoding.constrained.sparse_beam_search` for a
-        fixed-length constraint), then :func:`decoding.beam_helpers.to_output`.
+        :func:`run_dense` (or :func:`decoding.constrained.sparse_beam_search` for a layered
+        constraint), then :func:`decoding.beam_helpers.to_output`, with inputs from
+        :func:`decoding.inputs.prepare` built outside the trace.
     """
-    inputs = prepare_inputs(
+    num_beams = check_num_beams(num_beams)
+    prepared, settings = prepare_search(
+        "beam_search",
+        CORE,
         model,
         params,
         cache,
         prompts,
         prompt_lengths,
-        num_beams=num_beams,
+        selector=TopBeams(),
+        length_penalty=length_penalty,
+        layered_ok=True,
         max_new_tokens=max_new_tokens,
         eos_ids=eos_ids,
         constraint=constraint,
+        pad_id=pad_id,
+        vocab_size=vocab_size,
         min_bucket=min_bucket,
-        entry="beam_search",
-        core=CORE,
     )
-    alpha = per_row_alpha(length_penalty, inputs.prompts.shape[0])
-    if constraint is not None and constraint.fixed_length and hasattr(constraint, "candidates"):
-        return _sparse_jit(
-            model,
-            params,
-            cache,
-            inputs.prompts,
-            inputs.prompt_lengths,
-            constraint,
-            alpha,
-            check_pad_id(pad_id),
-            num_beams,
-        )
-    settings = BeamSettings(
-        selector=TopBeams(),
-        eos_ids=jnp.asarray(inputs.eos_ids, jnp.int32).reshape(len(inputs.eos_ids)),
-        alpha=alpha,
-        constraint=constraint,
-    )
-    return run_beam_search(model, params, cache, inputs, settings, num_beams, pad_id)
+    return run_program(model, num_beams, params, cache, prepared, settings, mesh)

@@ -36,15 +36,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from constraints import TrieIndex
-from decoding.beam_helpers import BeamSearchOutput, per_row_alpha, prepare_inputs, take_candidates, top_beams
-from decoding.beam_search import BeamSettings, run_beam_search
+from decoding.beam_helpers import BeamSearchOutput, take_candidates, top_beams
+from decoding.beam_search import check_num_beams, prepare_search, run_program
 from decoding.prefill import DEFAULT_MIN_BUCKET
 from decoding.validation import check_finite
 
 CORE = (
-    "decoding.beam_search.run_dense with BeamSettings(selector=HammingDiversity(...)), "
-    "then decoding.beam_helpers.to_output"
+    "decoding.inputs.prepare (outside the trace), then decoding.beam_search.run_dense with "
+    "BeamSettings(selector=HammingDiversity(...)) and decoding.beam_helpers.to_output"
 )
 
 
@@ -88,9 +87,11 @@ def diverse_beam_search(
     max_new_tokens: int | None = None,
     eos_ids: tuple[int, ...] = (),
     length_penalty: Any = 1.0,
-    constraint: TrieIndex | None = None,
+    constraint: Any = None,
     pad_id: int = 0,
+    vocab_size: int | None = None,
     min_bucket: int = DEFAULT_MIN_BUCKET,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> BeamSearchOutput:
     """Diverse beam search (see the module docstring); the arguments of
     :func:`decoding.beam_search.beam_search` plus:
@@ -112,30 +113,27 @@ def diverse_beam_search(
     """
     if not isinstance(num_groups, int) or isinstance(num_groups, bool) or num_groups < 1:
         raise ValueError(f"num_groups must be a positive int, got {num_groups!r}")
-    if not isinstance(num_beams, int) or num_beams % num_groups:
+    if check_num_beams(num_beams) % num_groups:
         raise ValueError(f"num_beams={num_beams!r} must be a multiple of num_groups={num_groups}")
-    inputs = prepare_inputs(
+    if np.ndim(diversity_strength):
+        raise ValueError(f"diversity_strength must be a scalar float >= 0, got shape {np.shape(diversity_strength)}")
+    strength = check_finite("diversity_strength", diversity_strength, 1, minimum=0.0)[0]
+    prepared, settings = prepare_search(
+        "diverse_beam_search",
+        CORE,
         model,
         params,
         cache,
         prompts,
         prompt_lengths,
-        num_beams=num_beams,
+        selector=HammingDiversity(strength=strength, num_groups=num_groups),
+        length_penalty=length_penalty,
+        layered_ok=False,
         max_new_tokens=max_new_tokens,
         eos_ids=eos_ids,
         constraint=constraint,
+        pad_id=pad_id,
+        vocab_size=vocab_size,
         min_bucket=min_bucket,
-        sparse_ok=False,
-        entry="diverse_beam_search",
-        core=CORE,
     )
-    if np.ndim(diversity_strength):
-        raise ValueError(f"diversity_strength must be a scalar float >= 0, got shape {np.shape(diversity_strength)}")
-    strength = check_finite("diversity_strength", diversity_strength, 1, minimum=0.0)[0]
-    settings = BeamSettings(
-        selector=HammingDiversity(strength=strength, num_groups=num_groups),
-        eos_ids=jnp.asarray(inputs.eos_ids, jnp.int32).reshape(len(inputs.eos_ids)),
-        alpha=per_row_alpha(length_penalty, inputs.prompts.shape[0]),
-        constraint=constraint,
-    )
-    return run_beam_search(model, params, cache, inputs, settings, num_beams, pad_id)
+    return run_program(model, num_beams, params, cache, prepared, settings, mesh)

@@ -2,17 +2,22 @@
 
 A draft source is a pytree (its arrays traced, its configuration static) with these methods:
 
+* ``check(target_vocab, prompt_lengths, limits, k)``: host-side checks before tracing (a
+  ValueError naming what is wrong);
+* ``caches()``: the decode caches it fills (their free room caps the prompt bucket);
 * ``start(prompts, prompt_lengths, first_tokens, context_width)`` -> its state, after the
   prompt and the first emitted token;
-* ``propose(state, num_tokens, sampler, keys, constraint, constraint_state)`` -> the state,
-  ``k`` draft tokens int32 [batch, k] and the draft distributions ``q`` float32
-  [batch, k, vocab] (log-probabilities, processed like the target's: ``sampler.log_probs``
-  after the constraint mask) the tokens were drawn from;
+* ``propose(state, num_tokens, sampler, keys, constraint, constraint_state)`` -> the state
+  and a :class:`Proposal`: ``k`` draft tokens, the draft distributions ``q`` they were drawn
+  from (``sampler.log_probs`` after the constraint's restriction, as the target's) and the
+  constraint states along the drafts (a source that walks the automaton anyway returns the
+  states it computed; :func:`states_along` computes them otherwise);
 * ``commit(state, emitted, num_emitted)`` -> the state after each row emitted
   ``emitted[b, :num_emitted[b]]`` (0 for rows that are done: they keep their state);
 * ``shardings(rows, replicated, params)`` -> where its arrays go in a sharded run.
 
-Two sources:
+A new source is one class with these methods; :mod:`decoding.speculative` needs no edit.
+Two are built in:
 
 * :class:`ModelDraft`: a smaller model with its own cache, kept in step with the target by
   lowering its lengths after each round (nothing is copied).
@@ -30,60 +35,56 @@ import numpy as np
 from flax import struct
 
 from decoding import validation
-from decoding.acceptance import NEG_INF, sample_rows
+from decoding.acceptance import NEG_INF
 from decoding.cache_rows import set_lengths
+from decoding.constrained import restrict
 from decoding.prefill import last_valid
-from decoding.samplers import Greedy
-
-
-def masked_scores(
-    logits: jax.Array,  # float32 [..., vocab]
-    constraint: Any,  # a constraints.TrieIndex, or None
-    constraint_state: jax.Array,  # int32 [...]
-) -> jax.Array:  # float32 [..., vocab]
-    """What a sampler reads: the logits themselves without a constraint; with one, the model's
-    log_softmax with the tokens the automaton does not allow set to -inf (as
-    :func:`decoding.constrained.constrained_generate` does). A state that allows nothing (dead
-    or complete; such a position is never emitted) is left unmasked so that no NaN appears."""
-    logits = logits.astype(jnp.float32)
-    if constraint is None:
-        return logits
-    mask = constraint.allowed_mask(constraint_state)
-    mask = mask | ~jnp.any(mask, axis=-1, keepdims=True)
-    return jnp.where(mask, jax.nn.log_softmax(logits, axis=-1), NEG_INF)
-
-
-def advance_constraint(
-    constraint: Any,  # a constraints.TrieIndex, or None
-    constraint_state: jax.Array,  # int32 [batch]
-    tokens: jax.Array,  # int32 [batch]
-) -> jax.Array:  # int32 [batch]
-    """The automaton state after ``tokens`` (unchanged when there is no constraint)."""
-    if constraint is None:
-        return constraint_state
-    return constraint.advance(constraint_state, tokens)
+from decoding.samplers import Greedy, sample_rows
 
 
 def states_along(
-    constraint: Any,  # a constraints.TrieIndex, or None
-    state: jax.Array,  # int32 [batch]  the state after the last emitted token
+    constraint: Any,
+    state: Any,  # the constraint state after the last emitted token, leaves [batch, ...]
     tokens: jax.Array,  # int32 [batch, k]
-) -> jax.Array:  # int32 [batch, k + 1]
-    """``[:, j]``: the automaton state after the first ``j`` of ``tokens`` (``[:, 0]`` = ``state``);
-    all equal to ``state`` without a constraint."""
-    if constraint is None:
-        return jnp.broadcast_to(state[:, None], (state.shape[0], tokens.shape[1] + 1))
+) -> Any:  # leaves [batch, k + 1, ...]
+    """``[:, j]``: the constraint state after the first ``j`` of ``tokens`` (``[:, 0]`` = ``state``)."""
 
     def step(current, token):
         following = constraint.advance(current, token)
         return following, following
 
     _, later = jax.lax.scan(step, state, tokens.T)
-    return jnp.concatenate([state[:, None], later.T], axis=1)
+    return stack_states(state, later)
+
+
+def stack_states(
+    first: Any,  # leaves [batch, ...]
+    later: Any,  # leaves [k, batch, ...] (scan-major)
+) -> Any:  # leaves [batch, k + 1, ...]
+    return jax.tree.map(lambda a, b: jnp.concatenate([a[:, None], jnp.moveaxis(b, 0, 1)], axis=1), first, later)
+
+
+@struct.dataclass
+class Proposal:
+    """One round's drafts."""
+
+    tokens: jax.Array  # int32 [batch, k]
+    log_probs: jax.Array  # float32 [batch, k, vocab]  the processed q each token was drawn from
+    states: Any  # constraint states after 0 .. k of the tokens, leaves [batch, k + 1, ...]
 
 
 class DraftSource(Protocol):
     """The interface the speculative loop drives (see the module docstring)."""
+
+    def check(
+        self,
+        target_vocab: int,
+        prompt_lengths: np.ndarray,  # int32 [batch]
+        limits: np.ndarray,  # int32 [batch]
+        num_draft_tokens: int,
+    ) -> None: ...
+
+    def caches(self) -> tuple: ...
 
     def start(
         self,
@@ -100,8 +101,8 @@ class DraftSource(Protocol):
         sampler: Any,
         keys: jax.Array,  # key [batch]
         constraint: Any,
-        constraint_state: jax.Array,  # int32 [batch]
-    ) -> tuple[Any, jax.Array, jax.Array]: ...  # state, int32 [batch, k], float32 [batch, k, vocab]
+        constraint_state: Any,  # leaves [batch, ...]
+    ) -> tuple[Any, Proposal]: ...
 
     def commit(
         self,
@@ -114,6 +115,9 @@ class DraftSource(Protocol):
         """A prefix pytree of shardings for this source: ``rows`` for batch-leading arrays,
         ``params(tree)`` for model weights, ``replicated`` for anything shared."""
         ...
+
+
+DRAFT_METHODS = ("check", "caches", "start", "propose", "commit", "shardings")
 
 
 @struct.dataclass
@@ -143,6 +147,25 @@ class ModelDraft:
     params: Any
     cache: Any
 
+    def check(
+        self,
+        target_vocab: int,
+        prompt_lengths: np.ndarray,  # int32 [batch]
+        limits: np.ndarray,  # int32 [batch]
+        num_draft_tokens: int,
+    ) -> None:
+        """Live arrays, a well-formed cache with room for the whole run, the target's vocabulary."""
+        validation.check_live("speculative_generate", "draft cache", self.cache)
+        validation.check_live("speculative_generate", "draft params", self.params)
+        draft_lengths = validation.check_cache(self.cache, prompt_lengths.shape[0], "draft cache")
+        check_room("draft", draft_lengths, prompt_lengths, limits, num_draft_tokens, self.cache.capacity)
+        draft_vocab = validation.infer_vocab_size(self.model, self.params, self.cache)
+        if draft_vocab != target_vocab:
+            raise ValueError(f"the draft model's vocabulary ({draft_vocab}) differs from the target's ({target_vocab})")
+
+    def caches(self) -> tuple:
+        return (self.cache,)
+
     def start(
         self,
         prompts: jax.Array,  # int32 [batch, P], right-padded
@@ -163,20 +186,21 @@ class ModelDraft:
         sampler: Any,
         keys: jax.Array,  # key [batch]
         constraint: Any,
-        constraint_state: jax.Array,  # int32 [batch]
-    ) -> tuple[ModelDraftState, jax.Array, jax.Array]:  # state, int32 [batch, k], float32 [batch, k, vocab]
+        constraint_state: Any,  # leaves [batch, ...]
+    ) -> tuple[ModelDraftState, Proposal]:
         """``num_tokens`` (static) autoregressive draft steps: the first feeds the pending tokens,
-        each later one the previous draft. Draft ``j`` is drawn with ``fold_in(keys[b], j)``."""
+        each later one the previous draft. Draft ``j`` is drawn with ``fold_in(keys[b], j)``.
+        The constraint states it walks are returned in the proposal."""
 
         def draw(logits, cstate, j):
-            scores = masked_scores(logits, constraint, cstate)
+            scores = restrict(constraint, cstate, logits.astype(jnp.float32))
             if isinstance(sampler, Greedy):  # q is one-hot on the argmax: no softmax, no random numbers
                 token = jnp.argmax(scores, axis=-1).astype(jnp.int32)
                 log_q = jnp.where(jax.nn.one_hot(token, scores.shape[-1], dtype=bool), 0.0, NEG_INF)
             else:
                 log_q = sampler.log_probs(scores)
                 token = sample_rows(jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, j), log_q)
-            return token, log_q, advance_constraint(constraint, cstate, token)
+            return token, log_q, constraint.advance(cstate, token)
 
         logits, cache = self.model(self.params, state.pending, state.cache, state.num_pending)
         token, log_q, cstate = draw(last_valid(logits, state.num_pending), constraint_state, 0)
@@ -185,15 +209,18 @@ class ModelDraft:
             token, cache, cstate = carry
             ones = jnp.ones_like(token)
             logits, cache = self.model(self.params, token[:, None], cache, ones)
-            next_token, log_q, cstate = draw(logits[:, 0], cstate, j)
-            return (next_token, cache, cstate), (next_token, log_q)
+            next_token, log_q, next_cstate = draw(logits[:, 0], cstate, j)
+            return (next_token, cache, next_cstate), (next_token, log_q, next_cstate)
 
-        (_, cache, _), (later_tokens, later_log_q) = jax.lax.scan(
+        # States after d_1 (cstate) and after d_2 .. d_k (the scan's), behind the state before d_1.
+        (_, cache, _), (later_tokens, later_log_q, later_states) = jax.lax.scan(
             step, (token, cache, cstate), jnp.arange(1, num_tokens, dtype=jnp.int32)
         )
         tokens = jnp.concatenate([token[:, None], jnp.moveaxis(later_tokens, 0, 1)], axis=1)
         log_q = jnp.concatenate([log_q[:, None], jnp.moveaxis(later_log_q, 0, 1)], axis=1)
-        return state.replace(cache=cache), tokens, log_q
+        after_first = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b], axis=0), cstate, later_states)
+        states = stack_states(constraint_state, after_first)
+        return state.replace(cache=cache), Proposal(tokens=tokens, log_probs=log_q, states=states)
 
     def commit(
         self,
@@ -261,6 +288,20 @@ class PromptLookupDraft:
     ngram: int = struct.field(pytree_node=False)
     vocab_size: int = struct.field(pytree_node=False)
 
+    def check(
+        self,
+        target_vocab: int,
+        prompt_lengths: np.ndarray,  # int32 [batch]
+        limits: np.ndarray,  # int32 [batch]
+        num_draft_tokens: int,
+    ) -> None:
+        del prompt_lengths, limits, num_draft_tokens
+        if self.vocab_size != target_vocab:
+            raise ValueError(f"PromptLookupDraft vocab_size {self.vocab_size} differs from the target's {target_vocab}")
+
+    def caches(self) -> tuple:
+        return ()
+
     def __post_init__(self):
         if self.ngram < 1:
             raise ValueError(f"ngram must be at least 1, got {self.ngram}")
@@ -317,13 +358,13 @@ class PromptLookupDraft:
         sampler: Any,
         keys: jax.Array,  # key [batch]
         constraint: Any,
-        constraint_state: jax.Array,  # int32 [batch]
-    ) -> tuple[LookupState, jax.Array, jax.Array]:  # state, int32 [batch, k], float32 [batch, k, vocab]
-        """Deterministic proposals with one-hot ``q``; the sampler, keys and constraint are unused."""
-        del sampler, keys, constraint, constraint_state
+        constraint_state: Any,  # leaves [batch, ...]
+    ) -> tuple[LookupState, Proposal]:
+        """Deterministic proposals with one-hot ``q``; the sampler and keys are unused."""
+        del sampler, keys
         tokens = self.lookup(state, num_tokens)
         log_q = jnp.where(jax.nn.one_hot(tokens, self.vocab_size, dtype=bool), 0.0, NEG_INF)
-        return state, tokens, log_q
+        return state, Proposal(tokens=tokens, log_probs=log_q, states=states_along(constraint, constraint_state, tokens))
 
     def commit(
         self,
@@ -376,19 +417,11 @@ def check_draft(
     prompt_lengths: np.ndarray,  # int32 [batch]
     limits: np.ndarray,  # int32 [batch]
 ) -> None:
-    """Host-side checks of a draft source against the target's vocabulary and the budget."""
-    if isinstance(draft, PromptLookupDraft):
-        if draft.vocab_size != target_vocab:
-            raise ValueError(
-                f"PromptLookupDraft vocab_size {draft.vocab_size} differs from the target's {target_vocab}"
-            )
-        return
-    if not isinstance(draft, ModelDraft):
-        raise ValueError(f"draft must be a ModelDraft or a PromptLookupDraft, got {type(draft).__name__}")
-    validation.check_live("speculative_generate", "draft cache", draft.cache)
-    validation.check_live("speculative_generate", "draft params", draft.params)
-    draft_lengths = validation.check_cache(draft.cache, prompt_lengths.shape[0], "draft cache")
-    check_room("draft", draft_lengths, prompt_lengths, limits, k, draft.cache.capacity)
-    draft_vocab = validation.infer_vocab_size(draft.model, draft.params, draft.cache)
-    if draft_vocab != target_vocab:
-        raise ValueError(f"the draft model's vocabulary ({draft_vocab}) differs from the target's ({target_vocab})")
+    """The draft follows :class:`DraftSource` and passes its own host-side checks."""
+    missing = [name for name in DRAFT_METHODS if not callable(getattr(draft, name, None))]
+    if missing:
+        raise ValueError(
+            f"draft must be a draft source (decoding.drafts.DraftSource: {', '.join(DRAFT_METHODS)}), e.g. a "
+            f"ModelDraft or a PromptLookupDraft; a {type(draft).__name__} lacks {', '.join(missing)}"
+        )
+    draft.check(target_vocab, prompt_lengths, limits, k)

@@ -11,8 +11,11 @@ and ``Temperature(jnp.float32(1))`` share one compiled loop.
 Example::
 
     sampler = Categorical((Temperature(0.7), TopP(0.9)))
-    tokens = sampler.sample(key, logits)     # int32 [batch]
+    tokens = sampler.sample(keys, logits)    # keys: key [batch], one per row -> int32 [batch]
     log_p = sampler.log_probs(logits)        # float32 [batch, vocab], -inf outside the support
+
+Randomness is per row: row ``b`` is drawn with ``keys[b]`` alone, so its token never depends
+on its batchmates or on how the batch is split over devices.
 
 ``log_probs`` is the processed distribution actually sampled from; speculative decoding
 verifies drafts against it.
@@ -111,6 +114,16 @@ class MinP:
         return jnp.where(keep | (p <= 0), logits, NEG_INF)
 
 
+def sample_rows(
+    keys: jax.Array,  # key [batch]
+    log_probs: jax.Array,  # float32 [batch, vocab], -inf outside the support
+) -> jax.Array:  # int32 [batch]
+    """One token per row from ``exp(log_probs)``, row ``b`` drawn with ``keys[b]`` alone
+    (Gumbel-max), so the result does not depend on the batch or its split."""
+    gumbel = jax.vmap(lambda key: jax.random.gumbel(key, log_probs.shape[-1:], jnp.float32))(keys)
+    return jnp.argmax(log_probs + gumbel, axis=-1).astype(jnp.int32)
+
+
 class Sampler(Protocol):
     """Chooses one token per row from logits float32 [batch, vocab]."""
 
@@ -118,8 +131,8 @@ class Sampler(Protocol):
         """float32 [batch, vocab]: the normalized processed distribution sampled from."""
         ...
 
-    def sample(self, key: jax.Array, logits: jax.Array) -> jax.Array:
-        """int32 [batch]."""
+    def sample(self, keys: jax.Array, logits: jax.Array) -> jax.Array:
+        """int32 [batch]; ``keys``: key [batch], row ``b`` drawn with ``keys[b]`` alone."""
         ...
 
 
@@ -131,8 +144,8 @@ class Greedy:
         choice = jnp.argmax(logits, axis=-1)
         return jnp.where(jax.nn.one_hot(choice, logits.shape[-1], dtype=bool), 0.0, NEG_INF)
 
-    def sample(self, key: jax.Array, logits: jax.Array) -> jax.Array:
-        del key
+    def sample(self, keys: jax.Array, logits: jax.Array) -> jax.Array:
+        del keys
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
 
@@ -151,5 +164,5 @@ class Categorical:
     def log_probs(self, logits: jax.Array) -> jax.Array:
         return jax.nn.log_softmax(self.process(logits), axis=-1)
 
-    def sample(self, key: jax.Array, logits: jax.Array) -> jax.Array:
-        return jax.random.categorical(key, self.process(logits), axis=-1).astype(jnp.int32)
+    def sample(self, keys: jax.Array, logits: jax.Array) -> jax.Array:
+        return sample_rows(keys, self.log_probs(logits))

@@ -66,6 +66,27 @@ def row_shardings(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(lambda leaf: NamedSharding(mesh, ROWS if np.ndim(leaf) >= 1 else REPLICATED), tree)
 
 
+def named(mesh: Mesh) -> tuple[NamedSharding, NamedSharding]:
+    """``(rows, replicated)``: the two shardings every sharded entry point uses."""
+    return NamedSharding(mesh, ROWS), NamedSharding(mesh, REPLICATED)
+
+
+def input_shardings(inputs: Any, mesh: Mesh) -> Any:
+    """Shardings for a :class:`decoding.inputs.CallInputs`: prompts, lengths, limits, per-row
+    keys and per-row knobs split over ``data``; EOS ids, the pad id, a single key and scalar
+    knobs replicated."""
+    rows, replicated = named(mesh)
+    return inputs.replace(
+        prompts=rows,
+        prompt_lengths=rows,
+        limits=rows,
+        eos_ids=replicated,
+        pad_id=replicated,
+        sampler=row_shardings(inputs.sampler, mesh),
+        key=rows if np.ndim(inputs.key) else replicated,
+    )
+
+
 def param_shardings(params: Any, mesh: Mesh) -> Any:
     """A pytree of shardings like ``params``: replicated when the ``model`` axis has size 1;
     otherwise every array of rank >= 2 whose last axis divides evenly is split on ``model``

@@ -14,7 +14,7 @@ One jit-compiled ``lax.while_loop``. Each round, for every row:
 Greedy output is token-identical to :func:`decoding.generate.generate` with ``Greedy()``;
 sampled output follows the target's processed distribution exactly (Leviathan/Chen rule).
 With a constraint the draft and the target are masked by the same automaton states, so the
-output equals :func:`decoding.constrained.constrained_generate`'s.
+greedy output equals :func:`decoding.generate.generate`'s with the same constraint.
 
 Worked example (counting target: after t it says t + 1; k = 3; prompt ``[5]``)::
 
@@ -23,8 +23,9 @@ Worked example (counting target: after t it says t + 1; k = 3; prompt ``[5]``)::
               emitted 7 8 9  (3 tokens for one target call); the target cache drops the 0
     round 2:  draft proposes 10 11 12, all accepted, bonus 13:  emitted 10 11 12 13
 
-Randomness: row ``b`` draws everything with ``fold_in(split(key, batch)[b], round)``, so a
-seed gives the same tokens on one device and on N (:mod:`decoding.sharding`).
+Randomness: row ``b`` draws everything with ``fold_in(row_key_b, round)`` (the caller's
+per-row keys, or ``split(key, batch)``), so a seed gives the same tokens on one device and on
+N (:mod:`decoding.sharding`), and a row's tokens never depend on its batchmates.
 """
 
 from __future__ import annotations
@@ -37,20 +38,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from constraints.protocol import Constraint
 from decoding import sharding, validation
-from decoding.acceptance import Verdict, emitted_tokens, greedy_accept, rejection_accept, sample_rows, token_log_probs
-from decoding.constrained import check_constraint
-from decoding.drafts import (
-    ModelDraft,
-    PromptLookupDraft,
-    advance_constraint,
-    check_draft,
-    check_num_draft_tokens,
-    check_room,
-    masked_scores,
-    states_along,
-)
-from decoding.prefill import DEFAULT_MIN_BUCKET, bucket_length, pad_prompts, prefill
+from decoding.acceptance import Verdict, emitted_tokens, greedy_accept, rejection_accept, token_log_probs
+from decoding.constrained import restrict
+from decoding.drafts import Proposal, check_draft, check_num_draft_tokens, check_room
+from decoding.inputs import CallInputs, prepare
+from decoding.prefill import DEFAULT_MIN_BUCKET, prefill
+from decoding.record import Bookkeeping, new_book, record, where_rows
 from decoding.samplers import Greedy
 
 
@@ -87,6 +82,8 @@ class SpeculativeOutput:
     log_probs: jax.Array  # float32 [batch, width]  target log_softmax of each token, 0 after the end
     cache: Any  # the target cache after the loop (lengths = cached + prompt + new - 1 per row)
     stats: SpeculativeStats
+    # bool [batch]  the row stopped by itself (an EOS id or a complete constraint state), not at its limit
+    complete: jax.Array
     # bool [batch]  the target read non-finite logits for the row (NaN, +inf, or all -inf): its
     # tokens are meaningless; report it (decoding.validation, "Non-finite policy"). A draft
     # model's non-finite logits cannot change the output (its drafts are all rejected).
@@ -99,45 +96,24 @@ class TargetState:
 
     cache: Any  # target decode cache; lengths int32 [batch] exclude the pending token
     pending: jax.Array  # int32 [batch]  newest emitted token, read at the next round
-    constraint_state: jax.Array  # int32 [batch]  automaton state after every emitted token
-
-
-@struct.dataclass
-class Book:
-    """The loop's bookkeeping."""
-
-    round: jax.Array  # int32 []  rounds run so far
-    done: jax.Array  # bool [batch]  EOS, complete constraint, or limit reached
-    lengths: jax.Array  # int32 [batch]  tokens emitted per row
-    tokens: jax.Array  # int32 [batch, width]
-    log_probs: jax.Array  # float32 [batch, width]
-    accepted: jax.Array  # int32 [batch, width]  drafts kept per round, -1 where inactive
-    rounds: jax.Array  # int32 [batch]  rounds each row took part in
+    constraint_state: Any  # the constraint state after every emitted token, leaves [batch, ...]
 
 
 @struct.dataclass
 class Carry:
-    """The ``lax.while_loop`` carry."""
+    """The ``lax.while_loop`` carry (``book.step`` counts rounds)."""
 
     target: TargetState
     draft: Any  # the draft source's own state pytree
-    book: Book
+    book: Bookkeeping
+    row_keys: jax.Array  # key [batch]
+    accepted: jax.Array  # int32 [batch, width]  drafts kept per round, -1 where the row sat out
+    rounds: jax.Array  # int32 [batch]  rounds each row took part in
 
 
-@struct.dataclass
-class Settings:
-    """Traced per-call inputs (new values never recompile)."""
-
-    sampler: Any  # its type and processor order are static, its knobs traced
-    row_keys: jax.Array  # key [batch]  one PRNG key per row
-    limits: jax.Array  # int32 [batch]  per-row max new tokens
-    eos_ids: jax.Array  # int32 [num_eos]
-    pad_id: jax.Array  # int32 []
-
-
-def _round_keys(settings: Settings, round_index: jax.Array) -> jax.Array:  # key [batch, 2]
+def _round_keys(row_keys: jax.Array, round_index: jax.Array) -> jax.Array:  # key [batch, 2]
     """Per-row keys of a round (round 0 draws the first token): one for the draft, one for acceptance."""
-    keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(settings.row_keys, round_index)
+    keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, round_index)
     return jax.vmap(lambda key: jax.random.split(key, 2))(keys)
 
 
@@ -146,7 +122,7 @@ def _verify(
     keys: jax.Array,  # key [batch]
     drafts: jax.Array,  # int32 [batch, k]
     draft_log_probs: jax.Array,  # float32 [batch, k, vocab]
-    scores: jax.Array,  # float32 [batch, k + 1, vocab]  target logits, masked if constrained
+    scores: jax.Array,  # float32 [batch, k + 1, vocab]  target logits, restricted by the constraint
 ) -> Verdict:
     """The acceptance rule for this sampler, rows independent (run per device)."""
     if isinstance(sampler, Greedy):
@@ -154,177 +130,154 @@ def _verify(
     return rejection_accept(keys, drafts, draft_log_probs, sampler.log_probs(scores))
 
 
-def _first_token(
-    settings: Settings,
-    scores: jax.Array,  # float32 [batch, vocab]  prefill logits, masked if constrained
-) -> jax.Array:  # int32 [batch]
-    """The first new token: argmax, or a draw from the processed distribution with round-0 keys."""
-    if isinstance(settings.sampler, Greedy):
-        return jnp.argmax(scores, axis=-1).astype(jnp.int32)
-    return sample_rows(_round_keys(settings, jnp.int32(0))[:, 0], settings.sampler.log_probs(scores))
-
-
 def _stops(
-    settings: Settings,
-    constraint: Any,
+    inputs: CallInputs,
+    constraint: Constraint,
     tokens: jax.Array,  # int32 [...]
-    states: jax.Array,  # int32 [...]  automaton states after the tokens
+    states: Any,  # constraint states after the tokens, leaves [...]
 ) -> jax.Array:  # bool [...]
     """Whether the token is an EOS id, or the constraint state after it is complete."""
-    stop = jnp.any(tokens[..., None] == settings.eos_ids, axis=-1)
-    if constraint is not None:
-        stop = stop | constraint.is_complete(states)
-    return stop
+    return jnp.any(tokens[..., None] == inputs.eos_ids, axis=-1) | constraint.is_complete(states)
 
 
-def _record(
-    book: Book,
-    settings: Settings,
-    emitted: jax.Array,  # int32 [batch, T]
-    log_probs: jax.Array,  # float32 [batch, T]
-    num_emitted: jax.Array,  # int32 [batch]  how many of the T to record (0 for inactive rows)
-    stopped: jax.Array,  # bool [batch]  the last recorded token ends the row (EOS, complete)
-    active: jax.Array,  # bool [batch]
-) -> Book:
-    """Writes each row's first ``num_emitted`` tokens after its recorded ones; updates ``done``."""
-    batch, width = book.tokens.shape
-    slots = jnp.arange(emitted.shape[1])[None, :]
-    columns = jnp.where(slots < num_emitted[:, None], book.lengths[:, None] + slots, width)
-    rows = jnp.arange(batch)[:, None]
-    lengths = book.lengths + num_emitted
-    return book.replace(
-        done=book.done | (active & stopped) | (lengths >= settings.limits),
-        lengths=lengths,
-        tokens=book.tokens.at[rows, columns].set(emitted, mode="drop"),
-        log_probs=book.log_probs.at[rows, columns].set(log_probs, mode="drop"),
+def _column(states: Any, index: jax.Array) -> Any:  # leaves [batch, T, ...], int32 [batch] -> [batch, ...]
+    return jax.tree.map(
+        lambda x: jnp.take_along_axis(x, index.reshape((-1, 1) + (1,) * (x.ndim - 2)), axis=1)[:, 0], states
     )
 
 
-def _verify_drafts(target, params, constraint, settings: Settings, cache, pending, drafts, draft_log_probs, states, keys):
+def _verify_drafts(target, params, constraint, inputs: CallInputs, cache, pending, proposal: Proposal, keys):
     """The target reads ``[pending, drafts]`` in one call and the acceptance rule judges them.
     Returns the verdict, the target log-probabilities of the emitted tokens (float32 [batch,
     k + 1]) and the cache."""
-    batch, k = drafts.shape
-    verify = jnp.concatenate([pending[:, None], drafts], axis=1)
+    batch, k = proposal.tokens.shape
+    verify = jnp.concatenate([pending[:, None], proposal.tokens], axis=1)
     logits, cache = target(params, verify, cache, jnp.full((batch,), k + 1, jnp.int32))
     logits = logits.astype(jnp.float32)
-    scores = masked_scores(logits, constraint, states)
+    scores = restrict(constraint, proposal.states, logits)
     rows = sharding.ROWS
-    knobs = jax.tree.map(lambda x: rows if np.ndim(x) else sharding.REPLICATED, settings.sampler)
+    knobs = jax.tree.map(lambda x: rows if np.ndim(x) else sharding.REPLICATED, inputs.sampler)
     verdict = sharding.per_device(_verify, in_specs=(knobs, rows, rows, rows, rows), out_specs=rows)(
-        settings.sampler, keys, drafts, draft_log_probs, scores
+        inputs.sampler, keys, proposal.tokens, proposal.log_probs, scores
     )
-    return verdict, token_log_probs(logits, emitted_tokens(drafts, verdict)), cache
+    return verdict, token_log_probs(logits, emitted_tokens(proposal.tokens, verdict)), cache
 
 
-def _round(target, params, draft, constraint, settings: Settings, k: int, carry: Carry) -> Carry:
+def _round(target, params, draft, constraint, inputs: CallInputs, k: int, carry: Carry) -> Carry:
     """One draft-verify-accept round for every row (rows already done emit nothing)."""
     book, tgt = carry.book, carry.target
     active = ~book.done
-    keys = _round_keys(settings, book.round + 1)
-    draft_state, drafts, draft_log_probs = draft.propose(
-        carry.draft, k, settings.sampler, keys[:, 0], constraint, tgt.constraint_state
-    )
-    states = states_along(constraint, tgt.constraint_state, drafts)  # [batch, k + 1]
+    keys = _round_keys(carry.row_keys, book.step + 1)
+    draft_state, proposal = draft.propose(carry.draft, k, inputs.sampler, keys[:, 0], constraint, tgt.constraint_state)
+    states = proposal.states  # [batch, k + 1]: after 0 .. k drafts
 
     start = tgt.cache.lengths
     verdict, emitted_log_probs, cache = _verify_drafts(
-        target, params, constraint, settings, tgt.cache, tgt.pending, drafts, draft_log_probs, states, keys[:, 1]
+        target, params, constraint, inputs, tgt.cache, tgt.pending, proposal, keys[:, 1]
     )
 
-    emitted = emitted_tokens(drafts, verdict)  # [batch, k + 1]
+    emitted = emitted_tokens(proposal.tokens, verdict)  # [batch, k + 1]
     n = verdict.num_accepted
-    at_n = jnp.take_along_axis(states, n[:, None], axis=1)[:, 0]
-    bonus_state = advance_constraint(constraint, at_n, verdict.next_token)
+    bonus_state = constraint.advance(_column(states, n), verdict.next_token)
     slots = jnp.arange(k + 1)[None, :]
-    after = jnp.where(slots < n[:, None], jnp.roll(states, -1, axis=1), bonus_state[:, None])  # state after emitted[j]
-    stop = _stops(settings, constraint, emitted, after) & (slots <= n[:, None])
-    first_stop = jnp.min(jnp.where(stop, slots, k + 1), axis=1)
-    num_emitted = jnp.minimum(jnp.minimum(n + 1, first_stop + 1), settings.limits - book.lengths)
-    num_emitted = jnp.where(active, num_emitted, 0)
-    last = jnp.maximum(num_emitted - 1, 0)[:, None]
+    # The state after emitted[j]: after draft j + 1 for the accepted drafts, the bonus state after.
+    drafted = slots < n[:, None]  # [batch, k + 1]
 
-    new_book = _record(book, settings, emitted, emitted_log_probs, num_emitted, first_stop < num_emitted, active)
+    def state_after(along: jax.Array, bonus: jax.Array) -> jax.Array:  # [batch, k + 1, ...], [batch, ...]
+        keep = drafted.reshape(drafted.shape + (1,) * (along.ndim - 2))
+        return jnp.where(keep, jnp.roll(along, -1, axis=1), bonus[:, None])
+
+    after = jax.tree.map(state_after, states, bonus_state)
+    stop = _stops(inputs, constraint, emitted, after) & (slots <= n[:, None])
+    first_stop = jnp.min(jnp.where(stop, slots, k + 1), axis=1)
+    num_emitted = jnp.minimum(jnp.minimum(n + 1, first_stop + 1), inputs.limits - book.lengths)
+    num_emitted = jnp.where(active, num_emitted, 0)
+    last = jnp.maximum(num_emitted - 1, 0)
+
+    new_book = record(book, emitted, emitted_log_probs, num_emitted, first_stop < num_emitted, inputs.limits)
     return Carry(
         target=TargetState(
             cache=cache.replace(lengths=start + num_emitted),
-            pending=jnp.where(active, jnp.take_along_axis(emitted, last, axis=1)[:, 0], tgt.pending),
-            constraint_state=jnp.where(active, jnp.take_along_axis(after, last, axis=1)[:, 0], tgt.constraint_state),
+            pending=jnp.where(active, jnp.take_along_axis(emitted, last[:, None], axis=1)[:, 0], tgt.pending),
+            constraint_state=where_rows(active, _column(after, last), tgt.constraint_state),
         ),
         draft=draft.commit(draft_state, emitted, num_emitted),
-        book=new_book.replace(
-            round=book.round + 1,
-            accepted=book.accepted.at[:, book.round].set(jnp.where(active, n, -1), mode="drop"),
-            rounds=book.rounds + active.astype(jnp.int32),
-        ),
+        book=new_book.replace(step=book.step + 1),
+        row_keys=carry.row_keys,
+        accepted=carry.accepted.at[:, book.step].set(jnp.where(active, n, -1), mode="drop"),
+        rounds=carry.rounds + active.astype(jnp.int32),
     )
 
 
-def speculative_decode(target, k, width, params, cache, prompts, prompt_lengths, draft, constraint, settings):
+def speculative_decode(target, k, params, cache, inputs: CallInputs, draft, constraint):
     """The traceable core of :func:`speculative_generate` (prefill, first token, then the round
-    loop): call it inside your own jit with inputs prepared outside (prompts padded to a
-    bucket, a normalized sampler and per-row keys in :class:`Settings`). ``target``, ``k`` and
-    ``width`` are static; the rest is traced."""
-    batch = prompts.shape[0]
+    loop): call it inside your own jit with ``inputs`` from :func:`decoding.inputs.prepare`
+    (built outside the trace). ``target``, ``k`` and ``inputs.width`` are static; the rest is
+    traced."""
+    prompts, prompt_lengths = jnp.asarray(inputs.prompts), jnp.asarray(inputs.prompt_lengths)
+    batch, width = prompts.shape[0], inputs.width
     first_logits, cache = prefill(target, params, cache, prompts, prompt_lengths)
-    cstate = jnp.zeros((batch,), jnp.int32) if constraint is None else constraint.initial_state((batch,))
-    first = _first_token(settings, masked_scores(first_logits, constraint, cstate))
-    cstate = advance_constraint(constraint, cstate, first)
-    book = Book(
-        round=jnp.zeros((), jnp.int32),
-        done=settings.limits <= 0,
-        lengths=jnp.zeros((batch,), jnp.int32),
-        tokens=jnp.full((batch, width), settings.pad_id, jnp.int32),
-        log_probs=jnp.zeros((batch, width), jnp.float32),
-        accepted=jnp.full((batch, width), -1, jnp.int32),
-        rounds=jnp.zeros((batch,), jnp.int32),
-    )
+    first_logits = first_logits.astype(jnp.float32)
+    row_keys = inputs.row_keys()
+    cstate = constraint.initial_state((batch,))
+    first_keys = _round_keys(row_keys, jnp.int32(0))[:, 0]
+    first = inputs.sampler.sample(first_keys, restrict(constraint, cstate, first_logits))
+    cstate = constraint.advance(cstate, first)
+    book = new_book(jnp.asarray(inputs.limits), width, inputs.pad_id)
     active = ~book.done
-    book = _record(
+    book = record(
         book,
-        settings,
         first[:, None],
         token_log_probs(first_logits, first)[:, None],
         active.astype(jnp.int32),
-        _stops(settings, constraint, first, cstate),
-        active,
+        _stops(inputs, constraint, first, cstate),
+        inputs.limits,
     )
     carry = Carry(
         target=TargetState(cache=cache, pending=first, constraint_state=cstate),
         draft=draft.start(prompts, prompt_lengths, first, prompts.shape[1] + width),
         book=book,
+        row_keys=row_keys,
+        accepted=jnp.full((batch, width), -1, jnp.int32),
+        rounds=jnp.zeros((batch,), jnp.int32),
     )
     carry = jax.lax.while_loop(
-        lambda c: ~jnp.all(c.book.done) & (c.book.round < width),
-        functools.partial(_round, target, params, draft, constraint, settings, k),
+        lambda c: ~jnp.all(c.book.done) & (c.book.step < width),
+        functools.partial(_round, target, params, draft, constraint, inputs, k),
         carry,
     )
     book = carry.book
-    stats = SpeculativeStats(accepted=book.accepted, rounds=book.rounds)
-    nonfinite = validation.nonfinite_emitted(book.log_probs, book.lengths)
-    return SpeculativeOutput(book.tokens, book.lengths, book.log_probs, carry.target.cache, stats, nonfinite)
+    return SpeculativeOutput(
+        tokens=book.tokens,
+        lengths=book.lengths,
+        log_probs=book.log_probs,
+        cache=carry.target.cache,
+        stats=SpeculativeStats(accepted=carry.accepted, rounds=carry.rounds),
+        complete=book.complete,
+        nonfinite=validation.nonfinite_emitted(book.log_probs, book.lengths),
+    )
 
 
-_speculative_jit = jax.jit(speculative_decode, static_argnames=("target", "k", "width"), donate_argnames=("cache",))
+_speculative_jit = jax.jit(speculative_decode, static_argnames=("target", "k"), donate_argnames=("cache",))
+
+CORE = "decoding.inputs.prepare (outside the trace), then decoding.speculative.speculative_decode"
 
 
-def _run_sharded(mesh, target, k, width, args):
+def _run_sharded(mesh, target, k, args):
     """Runs :func:`speculative_decode` with rows over the mesh's ``data`` axis and weights replicated
     (or split on ``model``); verification runs per device (:func:`sharding.per_device`)."""
-    params, _, prompts, _, draft, _, settings = args
-    sharding.check_rows(prompts.shape[0], mesh)
-    rows, replicated = (jax.sharding.NamedSharding(mesh, spec) for spec in (sharding.ROWS, sharding.REPLICATED))
+    params, _, inputs, draft, _ = args
+    sharding.check_rows(inputs.prompts.shape[0], mesh)
+    rows, replicated = sharding.named(mesh)
     in_shardings = (
         sharding.param_shardings(params, mesh),  # params
         rows,  # cache
-        rows,  # prompts
-        rows,  # prompt_lengths
+        sharding.input_shardings(inputs, mesh),
         draft.shardings(rows, replicated, lambda tree: sharding.param_shardings(tree, mesh)),
         replicated,  # constraint
-        Settings(sharding.row_shardings(settings.sampler, mesh), rows, rows, replicated, replicated),
     )
     # Every output leaf is batch-leading.
-    return sharding.run_on_mesh(speculative_decode, (target, k, width), args, mesh, in_shardings, rows, (1,))
+    return sharding.run_on_mesh(speculative_decode, (target, k), args, mesh, in_shardings, rows, (1,))
 
 
 def speculative_generate(
@@ -334,7 +287,7 @@ def speculative_generate(
     prompts: Any,
     prompt_lengths: Any,
     *,
-    draft: ModelDraft | PromptLookupDraft,
+    draft: Any,
     num_draft_tokens: int,
     max_new_tokens: Any,
     sampler: Any = Greedy(),
@@ -343,6 +296,7 @@ def speculative_generate(
     constraint: Any = None,
     width: int | None = None,
     pad_id: int = 0,
+    vocab_size: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
     min_bucket: int = DEFAULT_MIN_BUCKET,
 ) -> SpeculativeOutput:
@@ -354,21 +308,24 @@ def speculative_generate(
         every row needs room for cached + prompt + max_new_tokens + num_draft_tokens + 1.
       prompts: int [batch, P] right-padded, bucketed as in ``generate`` (the bucket is static).
       prompt_lengths: int [batch], each >= 1. Traced.
-      draft: a :class:`decoding.drafts.ModelDraft` (its model static, params and cache traced,
-        not donated; the cache needs the same room as the target's) or a
-        :class:`decoding.drafts.PromptLookupDraft` (static).
+      draft: a draft source (:class:`decoding.drafts.DraftSource`): a
+        :class:`decoding.drafts.ModelDraft` (its model static, params and cache traced, not
+        donated; the cache needs the same room as the target's), a
+        :class:`decoding.drafts.PromptLookupDraft` (static), or your own class with the same
+        methods.
       num_draft_tokens: k, drafts per round. Static.
       max_new_tokens: an int (also the output width) or an int array [batch] of per-row limits
         (traced), with ``width`` static (default: their maximum).
       sampler: ``Greedy()`` (greedy acceptance: token-identical to greedy ``generate``) or
         ``Categorical(processors)`` (rejection sampling against the processed distribution).
         Its type and processor order are static, its knobs traced.
-      key: PRNG key (traced), required unless greedy. Row b uses ``split(key, batch)[b]``.
+      key: required unless greedy: one PRNG key (row b uses ``split(key, batch)[b]``) or one
+        key per row, shape [batch]. Traced.
       eos_ids: stop-token ids; their number is static, their values traced.
-      constraint: an optional :class:`constraints.TrieIndex` or other automaton with
-        :data:`decoding.beam_helpers.DENSE_API`, e.g. a :class:`constraints.TokenDFA` (arrays
-        traced, metadata static);
-        a row also stops when its automaton state is complete.
+      constraint: None, or any automaton of :mod:`constraints.protocol` (a
+        :class:`constraints.TrieIndex`, a :class:`constraints.TokenDFA`, ...; arrays traced,
+        metadata static): drafts and target are restricted by the same states, and a row also
+        stops when its state is complete.
       pad_id: fills ``out.tokens`` after each row's end. Traced.
       mesh: optional mesh from :func:`decoding.sharding.data_mesh` (``Auto`` axes): rows are
         split over its ``data`` axis (the batch must divide evenly), weights replicated or split
@@ -377,8 +334,9 @@ def speculative_generate(
 
     Returns:
       :class:`SpeculativeOutput`: tokens, lengths, log_probs, the target cache,
-      :class:`SpeculativeStats`, and ``nonfinite`` bool [batch] (rows for which the target
-      read non-finite logits; their tokens are meaningless).
+      :class:`SpeculativeStats`, ``complete`` bool [batch] (as :func:`decoding.generate`'s)
+      and ``nonfinite`` bool [batch] (rows for which the target read non-finite logits;
+      their tokens are meaningless).
 
     Raises:
       ValueError (before tracing) on malformed prompts, ids outside the vocabulary or int32,
@@ -386,41 +344,39 @@ def speculative_generate(
         differs, a bad ``num_draft_tokens``, a knob out of range or not finite, a missing key.
       decoding.validation.DonatedCacheError: a cache (target or draft) was donated before.
       decoding.validation.TracedCallError: called under ``jax.jit``; call
-        :func:`speculative_decode` there instead.
+        :func:`speculative_decode` there instead, with inputs from
+        :func:`decoding.inputs.prepare` built outside the trace.
     """
-    prompts_np, lengths_np, cache_lengths = validation.check_call(
-        "speculative_generate", "decoding.speculative.speculative_decode", target_params, target_cache, prompts,
-        prompt_lengths,
-    )
     k = check_num_draft_tokens(num_draft_tokens)
-    batch = prompts_np.shape[0]
-    limits, width = validation.check_new_tokens(max_new_tokens, width, batch)
-    validation.check_sampler(sampler, key, batch)
-    sampler, key = validation.normalize_sampler(sampler), validation.normalize_key(key)
-    pad = validation.check_pad_id(pad_id)
-    min_bucket = validation.check_int("min_bucket", min_bucket, 1, validation.INT32_MAX)
-    validation.check_capacity(cache_lengths, lengths_np, limits, target_cache.capacity)
-    check_room("target", cache_lengths, lengths_np, limits, k, target_cache.capacity)
-    vocab_size = validation.infer_vocab_size(target, target_params, target_cache)
-    validation.check_prompt_tokens(prompts_np, lengths_np, vocab_size)
-    eos_ids = validation.check_token_ids("eos_ids", eos_ids, vocab_size)
-    check_draft(draft, k, vocab_size, lengths_np, limits)
-    if constraint is not None:
-        check_constraint(constraint, vocab_size)
-
-    room = target_cache.capacity - int(cache_lengths.max())
-    if isinstance(draft, ModelDraft):
-        room = min(room, draft.cache.capacity - int(np.max(np.asarray(draft.cache.lengths))))
-    bucket = bucket_length(int(lengths_np.max()), room, min_bucket)
-    settings = Settings(
+    prepared = prepare(
+        "speculative_generate",
+        CORE,
+        target,
+        target_params,
+        target_cache,
+        prompts,
+        prompt_lengths,
+        max_new_tokens=max_new_tokens,
+        width=width,
+        eos_ids=eos_ids,
+        constraint=constraint,
         sampler=sampler,
-        row_keys=jax.random.split(jax.random.key(0) if key is None else key, batch),
-        limits=jnp.asarray(limits),
-        eos_ids=jnp.asarray(eos_ids, jnp.int32).reshape(len(eos_ids)),
-        pad_id=pad,
+        key=key,
+        pad_id=pad_id,
+        vocab_size=vocab_size,
+        min_bucket=min_bucket,
+        other_caches=_draft_caches(draft),
     )
-    padded = jnp.asarray(pad_prompts(prompts_np, lengths_np, bucket))
-    args = (target_params, target_cache, padded, jnp.asarray(lengths_np), draft, constraint, settings)
+    lengths, limits = prepared.host_prompt_lengths, prepared.host_limits
+    check_room("target", prepared.cache_lengths, lengths, limits, k, target_cache.capacity)
+    check_draft(draft, k, prepared.vocab_size, lengths, limits)
+    args = (target_params, target_cache, prepared.inputs, draft, prepared.constraint)
     if mesh is None:
-        return _speculative_jit(target, k, width, *args)
-    return _run_sharded(mesh, target, k, width, args)
+        return _speculative_jit(target, k, *args)
+    return _run_sharded(mesh, target, k, args)
+
+
+def _draft_caches(draft: Any) -> tuple:
+    """The caches a draft source fills (none when it is not one: :func:`check_draft` says so)."""
+    caches = getattr(draft, "caches", None)
+    return caches() if callable(caches) else ()

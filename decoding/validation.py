@@ -333,9 +333,9 @@ def check_int(name: str, value: Any, low: int, high: int) -> int:
     return int(value)
 
 
-def check_pad_id(pad_id: Any) -> jax.Array:  # int32 []
+def check_pad_id(pad_id: Any) -> np.ndarray:  # int32 []
     """``pad_id`` (any int that fits int32: it only fills unused slots) as an int32 scalar."""
-    return jnp.asarray(check_int("pad_id", pad_id, INT32_MIN, INT32_MAX), jnp.int32)
+    return np.asarray(check_int("pad_id", pad_id, INT32_MIN, INT32_MAX), np.int32)
 
 
 def check_finite(name: str, value: Any, batch: int, *, minimum: float | None = None) -> jax.Array:  # float32 [batch]
@@ -351,7 +351,9 @@ def check_finite(name: str, value: Any, batch: int, *, minimum: float | None = N
             at = "" if values.ndim == 0 else f" (row {int(np.argmax(bad))})"
             floor = "" if minimum is None else f" and >= {minimum}"
             raise ValueError(f"{name} must be finite{floor}, got {values.tolist()}{at}")
-    return jnp.broadcast_to(jnp.asarray(value, jnp.float32), (batch,))
+    if values is None:
+        return jnp.broadcast_to(jnp.asarray(value, jnp.float32), (batch,))
+    return np.broadcast_to(values.astype(np.float32), (batch,))
 
 
 def check_vocab_size(vocab_size: Any, model_vocab: int) -> int:
@@ -372,6 +374,8 @@ def _path(prefix: str, path: tuple) -> str:
 
 
 def _tracer_paths(prefix: str, tree: Any) -> list[str]:
+    if not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(tree)):
+        return []
     return [
         _path(prefix, path)
         for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
@@ -379,7 +383,13 @@ def _tracer_paths(prefix: str, tree: Any) -> list[str]:
     ]
 
 
+def _is_deleted(leaf: Any) -> bool:
+    return isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer) and leaf.is_deleted()
+
+
 def _deleted_paths(prefix: str, tree: Any) -> list[str]:
+    if not any(_is_deleted(leaf) for leaf in jax.tree.leaves(tree)):
+        return []
     return [
         _path(prefix, path)
         for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
@@ -483,7 +493,7 @@ def nonfinite_emitted(
 
 
 def normalize_sampler(sampler: Any) -> Any:
-    """``sampler`` with every knob a jnp array of its field's declared dtype
+    """``sampler`` with every knob a NumPy array of its field's declared dtype
     (:func:`decoding.samplers.knob`: float32, or int32 for integer knobs such as ``TopK.k``).
 
     Python ints and floats, NumPy scalars and weakly typed arrays otherwise reach ``jit`` with
@@ -499,7 +509,11 @@ def normalize_sampler(sampler: Any) -> Any:
     for field in dataclasses.fields(sampler):
         value = getattr(sampler, field.name)
         if KNOB_DTYPE in field.metadata:
-            changes[field.name] = jnp.asarray(value, field.metadata[KNOB_DTYPE])
+            dtype = field.metadata[KNOB_DTYPE]
+            # Concrete knobs become NumPy (jit places them; no eager device op on the host path,
+            # and one kind of argument: NumPy and jax arrays would each fill a jit cache entry).
+            tracer = isinstance(value, jax.core.Tracer)
+            changes[field.name] = jnp.asarray(value, dtype) if tracer else np.asarray(value, dtype)
         else:
             changes[field.name] = normalize_sampler(value)
     return dataclasses.replace(sampler, **changes)
@@ -524,7 +538,7 @@ def infer_vocab_size(model: Any, params: Any, cache: Any) -> int:
     """The vocabulary size from one abstract model call (``jax.eval_shape``: no compile, no FLOPs),
     memoized per model and argument shapes."""
     leaves, treedef = jax.tree.flatten((params, cache))
-    signature = (model, treedef, tuple((np.shape(x), jnp.result_type(x)) for x in leaves))
+    signature = (model, treedef, tuple((np.shape(x), x.dtype if hasattr(x, "dtype") else jnp.result_type(x)) for x in leaves))
     if signature not in _VOCAB_MEMO:
         batch = cache.lengths.shape[0]
         tokens = jax.ShapeDtypeStruct((batch, 1), jnp.int32)

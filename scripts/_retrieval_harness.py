@@ -18,7 +18,8 @@ history repeated per beam) is what the other methods use and what the job used b
 Methods (``METHODS``):
 
 * ``unconstrained``: :func:`decoding.beam_search.beam_search`'s dense program (``_dense_jit``
-  with the ``BeamSettings`` beam_search builds: no EOS, ``length_penalty=0``, width 4), per-beam
+  with the ``CallInputs`` and ``BeamSettings`` beam_search builds: no EOS,
+  ``length_penalty=0``, width 4), per-beam
   cache (as :func:`retrieval.search.unconstrained_top_k` runs it).
 * ``constrained (trie)``: the job's program (:data:`retrieval.search._constrained_jit`, the sparse
   beam path) with a plain :class:`constraints.TrieIndex` and the shared-prefix cache.
@@ -61,6 +62,7 @@ from _bench_common import compile_timed, measure_interleaved  # noqa: E402
 from baselines import HostTrie, build_cpu_trie  # noqa: E402
 
 from constraints import ItemFilter, build_fixed_length_index, index_nbytes  # noqa: E402
+from constraints.protocol import Unconstrained  # noqa: E402
 from decoding.beam_helpers import (  # noqa: E402
     TopBeams,
     flatten_beams,
@@ -71,6 +73,8 @@ from decoding.beam_helpers import (  # noqa: E402
     unflatten_beams,
 )
 from decoding.beam_search import BeamSettings, _dense_jit  # noqa: E402
+from decoding.inputs import CallInputs  # noqa: E402
+from decoding.samplers import Greedy  # noqa: E402
 from decoding.cache_rows import gather_rows, repeat_rows  # noqa: E402
 from decoding.prefill import prefill  # noqa: E402
 from models import Decoder, LlamaConfig, beam_cache_nbytes, init_beam_cache, init_cache, init_params  # noqa: E402
@@ -341,11 +345,23 @@ def host_trie_search(pre, step, last, host: HostTrie, params, cache, prompts, le
 # One setting
 
 
-def _unconstrained_settings(batch: int) -> BeamSettings:
+def _unconstrained_args(prompts: np.ndarray, lengths: np.ndarray) -> tuple[CallInputs, BeamSettings]:
     """What :func:`decoding.beam_search` passes to its dense program for ``eos_ids=()``,
-    ``length_penalty=0.0`` and no constraint."""
-    return BeamSettings(
-        selector=TopBeams(), eos_ids=jnp.zeros((0,), jnp.int32), alpha=jnp.zeros((batch,), jnp.float32), constraint=None
+    ``length_penalty=0.0``, ``max_new_tokens=DEPTH`` and no constraint."""
+    batch = int(prompts.shape[0])
+    no_eos = np.zeros((0,), np.int32)
+    inputs = CallInputs(
+        prompts=prompts,
+        prompt_lengths=lengths,
+        limits=np.full((batch,), DEPTH, np.int32),
+        eos_ids=no_eos,
+        pad_id=np.int32(0),
+        sampler=Greedy(),
+        key=jax.random.key(0),
+        width=DEPTH,
+    )
+    return inputs, BeamSettings(
+        selector=TopBeams(), eos_ids=no_eos, alpha=np.zeros((batch,), np.float32), constraint=Unconstrained()
     )
 
 
@@ -400,11 +416,9 @@ def run_case(
     if per_beam:
         cache = init_cache(model.config, batch, CAPACITY)
         base = (params, cache, queries.prompts, queries.lengths)
-        settings, pad = _unconstrained_settings(batch), jnp.zeros((), jnp.int32)
-        c, compile_s["unconstrained"] = compile_timed(
-            _dense_jit, model, *base, settings, pad, num_beams=num_beams, width=DEPTH
-        )
-        runners["unconstrained"], xla_gb["unconstrained"] = (c, base + (settings, pad)), _xla_gb(c)
+        dense_args = (params, cache) + _unconstrained_args(np.asarray(queries.prompts), np.asarray(queries.lengths))
+        c, compile_s["unconstrained"] = compile_timed(_dense_jit, model, num_beams, *dense_args)
+        runners["unconstrained"], xla_gb["unconstrained"] = (c, dense_args), _xla_gb(c)
         constrained("trie, per-beam cache", cache, trie)
     if with_host_trie:
         host = corpus.build_host_trie()

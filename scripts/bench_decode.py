@@ -53,7 +53,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from _bench_common import add_common_args, compile_timed, measure_calls, print_table, time_runs, write_json
-from decoding.generate import DecodeSettings, decode_loop, decode_step, generate, init_carry
+from constraints.protocol import Unconstrained
+from decoding.generate import decode_loop, decode_step, generate, init_carry
+from decoding.inputs import CallInputs
 from decoding.prefill import bucket_length, pad_prompts, prefill
 from decoding.samplers import Greedy
 from models import Decoder, init_cache, init_params, load_hf_checkpoint, preset
@@ -64,13 +66,18 @@ def _prefill(model, params, cache, prompts, lengths):
     return prefill(model, params, cache, prompts, lengths)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "width"), donate_argnames=("cache",))
-def _loop(model, params, cache, first_logits, settings, width):
-    carry = init_carry(settings, cache, first_logits, width, jnp.int32(0))
-    return decode_loop(model, params, carry, settings)
+NO_CONSTRAINT = Unconstrained()
 
 
-_step = jax.jit(decode_step, static_argnums=0, donate_argnames=("carry",))
+@functools.partial(jax.jit, static_argnames=("model",), donate_argnames=("cache",))
+def _loop(model, params, cache, first_logits, inputs):
+    carry = init_carry(inputs, NO_CONSTRAINT, cache, first_logits)
+    return decode_loop(model, params, carry, inputs, NO_CONSTRAINT)
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnames=("carry",))
+def _step(model, params, carry, inputs):
+    return decode_step(model, params, carry, inputs, NO_CONSTRAINT)
 
 
 def _copy(tree):
@@ -86,11 +93,15 @@ def bench_batch(model, params, batch: int, prompt_len: int, new_tokens: int, rep
     lengths = np.full(batch, prompt_len, np.int32)
     bucket = bucket_length(prompt_len, capacity)
     padded = jnp.asarray(pad_prompts(prompts, lengths, bucket))
-    settings = DecodeSettings(
+    settings = CallInputs(  # what generate's decoding.inputs.prepare builds for this call
+        prompts=padded,
+        prompt_lengths=lengths,
+        limits=np.full((batch,), new_tokens, np.int32),
+        eos_ids=np.zeros((0,), np.int32),
+        pad_id=np.int32(0),
         sampler=Greedy(),
         key=jax.random.key(0),
-        limits=jnp.full((batch,), new_tokens, jnp.int32),
-        eos_ids=jnp.zeros((0,), jnp.int32),
+        width=new_tokens,
     )
     row = {"batch": batch, "prompt": prompt_len, "new": new_tokens}
 
@@ -102,10 +113,9 @@ def bench_batch(model, params, batch: int, prompt_len: int, new_tokens: int, rep
     row["prefill_tok_s"] = batch * prompt_len / prefill_s
 
     def fresh_carry():
-        return jax.block_until_ready(init_carry(settings, _copy(prefilled), first_logits, new_tokens, jnp.int32(0)))
+        return jax.block_until_ready(init_carry(settings, NO_CONSTRAINT, _copy(prefilled), first_logits))
 
-    loop_fn, row["loop_compile_s"] = compile_timed(_loop, model, params, _copy(prefilled), first_logits, settings,
-                                                   width=new_tokens)
+    loop_fn, row["loop_compile_s"] = compile_timed(_loop, model, params, _copy(prefilled), first_logits, settings)
     step_fn, row["step_compile_s"] = compile_timed(_step, model, params, fresh_carry(), settings)
     steps = new_tokens - 1  # the loop's model calls: the first token comes from the prefill
     loops, chains, singles = [], [], []

@@ -13,7 +13,7 @@ from scipy import stats
 
 from constraints import build_fixed_length_index, build_variable_length_index
 from decoding.beam_search import beam_search
-from decoding.constrained import constrained_generate
+from decoding.generate import generate
 from decoding.samplers import Categorical, Greedy, Temperature
 from fake_models import BigramModel, HistoryModel, TokenCache, counting_params, random_params
 from test_beam_search import assert_matches, ranked
@@ -30,7 +30,8 @@ def run_beams(model, params, prompts, lengths, index, **kwargs):
 def run_generate(model, params, prompts, lengths, index, **kwargs):
     prompts = np.asarray(prompts)
     cache = TokenCache.empty(prompts.shape[0], CAPACITY)
-    return constrained_generate(model, params, cache, prompts, np.asarray(lengths), constraint=index, **kwargs)
+    out = generate(model, params, cache, prompts, np.asarray(lengths), constraint=index, **kwargs)
+    return out, out.complete
 
 
 def random_items(rng, num_items, length, vocab, skewed):

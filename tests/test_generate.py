@@ -34,12 +34,14 @@ def reference_generate(model, params, cache, prompts, prompt_lengths, limits, *,
                        eos_ids=(), pad_id=0):
     """The oracle: a host loop calling the model one step at a time, NumPy bookkeeping, no
     while_loop, no bucketing (the prompt array is fed at its own width). Same key schedule as
-    generate: step i samples with fold_in(key, i)."""
+    generate: row b draws step i with fold_in(split(key, batch)[b], i), or with its own key
+    when ``key`` holds one per row."""
     call = _jitted(model)
     prompt_lengths = np.asarray(prompt_lengths)
     limits = np.asarray(limits)
     batch, width = len(prompt_lengths), int(limits.max())
     key = jax.random.key(0) if key is None else key
+    row_keys = key if key.ndim == 1 else jax.random.split(key, batch)
     logits, cache = call(params, jnp.asarray(prompts, jnp.int32), cache, jnp.asarray(prompt_lengths, jnp.int32))
     logits = logits[jnp.arange(batch), jnp.asarray(prompt_lengths) - 1]
     tokens = np.full((batch, width), pad_id, np.int32)
@@ -53,7 +55,8 @@ def reference_generate(model, params, cache, prompts, prompt_lengths, limits, *,
         if step > 0:
             logits, cache = call(params, jnp.asarray(last)[:, None], cache, jnp.asarray(~done, jnp.int32))
             logits = logits[:, 0]
-        token = np.asarray(sampler.sample(jax.random.fold_in(key, step), logits))
+        step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step)
+        token = np.asarray(sampler.sample(step_keys, logits))
         log_p = np.asarray(jax.nn.log_softmax(logits, axis=-1))[np.arange(batch), token]
         for row in np.flatnonzero(~done):
             tokens[row, lengths[row]] = token[row]

@@ -28,7 +28,6 @@ from decoding import (
     TopK,
     TracedCallError,
     beam_search,
-    constrained_generate,
     diverse_beam_search,
     generate,
     speculative_generate,
@@ -72,9 +71,7 @@ ENTRY_POINTS = {
         BigramModel(), params, _cache(), PROMPTS, LENGTHS, num_beams=2, num_groups=2, diversity_strength=1.0,
         max_new_tokens=NEW,
     ),
-    "constrained_generate": lambda params: constrained_generate(
-        BigramModel(), params, _cache(), PROMPTS, LENGTHS, constraint=INDEX
-    )[0],
+    "generate (constrained)": lambda params: generate(BigramModel(), params, _cache(), PROMPTS, LENGTHS, constraint=INDEX),
     "speculative_generate (model draft)": lambda params: speculative_generate(
         BigramModel(), params, _cache(), PROMPTS, LENGTHS, num_draft_tokens=2, max_new_tokens=NEW,
         draft=ModelDraft(BigramModel(), counting_params(VOCAB), _cache()),
@@ -178,8 +175,11 @@ def test_misuse_gets_a_message_not_an_internal_error():
         _generate(sampler=Temperature(0.7), key=KEY)
     with pytest.raises(ValueError, match="Categorical.processors must be a tuple"):
         _generate(sampler=Categorical(Temperature(0.7)), key=KEY)
-    with pytest.raises(ValueError, match="needs constraint="):
-        constrained_generate(BigramModel(), counting_params(VOCAB), _cache(), PROMPTS, LENGTHS, constraint=None)
+    with pytest.raises(ValueError, match="max_new_tokens is required without a constraint"):
+        generate(BigramModel(), counting_params(VOCAB), _cache(), PROMPTS, LENGTHS)
+    with pytest.raises(ValueError, match="draft must be a draft source.*lacks check, caches, start"):
+        speculative_generate(BigramModel(), counting_params(VOCAB), _cache(), PROMPTS, LENGTHS, num_draft_tokens=2,
+                             max_new_tokens=NEW, draft=object())
 
 
 def test_reused_donated_cache():
@@ -197,7 +197,7 @@ def test_entry_point_under_jit_names_the_traceable_core():
     def decode(prompts):
         return generate(BigramModel(), counting_params(VOCAB), _cache(), prompts, LENGTHS, max_new_tokens=NEW)
 
-    with pytest.raises(TracedCallError, match=r"generate was called with traced values \(prompts, cache.lengths\).*decode_loop"):
+    with pytest.raises(TracedCallError, match=r"generate was called with traced values \(prompts, cache.lengths\).*generate_core"):
         decode(jnp.asarray(PROMPTS))
 
     @jax.jit

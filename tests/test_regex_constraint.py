@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from constraints import DEAD_STATE, TokenDFA, compile_regex, load_dfa, save_dfa
 from decoding.beam_search import beam_search
-from decoding.constrained import constrained_generate
+from decoding.generate import generate
 from decoding.drafts import PromptLookupDraft
 from decoding.samplers import Categorical
 from decoding.speculative import speculative_generate
@@ -85,9 +85,8 @@ def test_every_decoder_output_fully_matches(vocab_name, pattern):
     model = BigramModel()
 
     for kwargs in [{}, {"sampler": Categorical(), "key": jax.random.key(3)}]:
-        out, complete = constrained_generate(
-            model, params, _cache(), prompts, lengths, constraint=dfa, max_new_tokens=width, **kwargs
-        )
+        out = generate(model, params, _cache(), prompts, lengths, constraint=dfa, max_new_tokens=width, **kwargs)
+        complete = out.complete
         _check_rows(pattern, strings, eos, dfa, np.asarray(out.tokens), np.asarray(out.lengths), complete)
 
     beams = beam_search(
@@ -111,9 +110,10 @@ def test_every_decoder_output_fully_matches(vocab_name, pattern):
         max_new_tokens=width,
         constraint=dfa,
     )
-    reference, complete = constrained_generate(
+    reference = generate(
         model, params, TokenCache.empty(BATCH, CAPACITY), prompts, lengths, constraint=dfa, max_new_tokens=width
     )
+    complete = reference.complete
     np.testing.assert_array_equal(np.asarray(spec.tokens), np.asarray(reference.tokens))
     np.testing.assert_array_equal(np.asarray(spec.lengths), np.asarray(reference.lengths))
     _check_rows(pattern, strings, eos, dfa, np.asarray(spec.tokens), np.asarray(spec.lengths), complete)
@@ -314,6 +314,6 @@ def test_decoders_check_the_protocol_and_the_vocabulary():
     params = _params(strings, eos, strings)
     wrong_vocab = compile_regex("a+", strings + ["zz"], eos)
     with pytest.raises(ValueError, match="vocab_size"):
-        constrained_generate(BigramModel(), params, _cache(), prompts, lengths, constraint=wrong_vocab)
+        generate(BigramModel(), params, _cache(), prompts, lengths, constraint=wrong_vocab)
     with pytest.raises(ValueError, match="constraint must be"):
         beam_search(BigramModel(), params, _cache(), prompts, lengths, num_beams=2, max_new_tokens=4, constraint=object())

@@ -115,3 +115,71 @@ def test_seeded_sampling_on_a_data_by_model_mesh_equals_one_device():
     _assert_same(sharded, single)
     accepted = np.asarray(single.stats.accepted)
     assert 0 < accepted[accepted >= 0].mean() < 3
+
+
+# ---------------------------------------------------------------- generate and beam search
+
+
+def _generate(mesh, keys, batch=BATCH, prompts=None, sampler=None, constraint=None):
+    from decoding.generate import generate
+
+    rng = np.random.default_rng(7)
+    if prompts is None:
+        prompts = rng.integers(0, VOCAB, size=(BATCH, 5))[:batch]
+    lengths = np.full(len(prompts), prompts.shape[1])
+    sampler = Categorical((Temperature(jnp.linspace(0.5, 1.5, batch)), TopP(0.95))) if sampler is None else sampler
+    return generate(BigramModel(), random_params(VOCAB, seed=2, scale=1.5), TokenCache.empty(len(prompts), CAPACITY),
+                    prompts, lengths, max_new_tokens=WIDTH, sampler=sampler, key=keys, mesh=mesh,
+                    constraint=constraint)
+
+
+def test_sampled_generate_on_8_devices_equals_one_device():
+    """Sampled generate with per-row temperatures: rows split over 8 devices give the tokens of
+    one device, because each row draws with its own key."""
+    key = jax.random.key(11)
+    single = _generate(None, key)
+    sharded = _generate(sharding.data_mesh(), key)
+    assert sharded.tokens.sharding.spec == PartitionSpec("data")
+    for field in ("tokens", "lengths", "log_probs", "complete", "nonfinite"):
+        np.testing.assert_array_equal(np.asarray(getattr(sharded, field)), np.asarray(getattr(single, field)))
+    assert len(np.unique(np.asarray(single.tokens))) > 4  # it sampled, not a constant
+
+
+def test_a_row_samples_the_same_alone_and_in_a_batch():
+    """Per-row keys: row 5 decoded alone (with its own key) equals row 5 of the batch, under a
+    constraint too (the constraint's state is per row)."""
+    from constraints import build_fixed_length_index
+
+    keys = jax.random.split(jax.random.key(5), BATCH)
+    prompts = np.random.default_rng(7).integers(0, VOCAB, size=(BATCH, 5))
+    sampler = Categorical((Temperature(1.2),))
+    items = np.random.default_rng(1).integers(0, VOCAB, size=(40, 3))
+    for constraint in (None, build_fixed_length_index(items, VOCAB)):
+        batch = _generate(None, keys, prompts=prompts, sampler=sampler, constraint=constraint)
+        alone = _generate(None, keys[5:6], batch=1, prompts=prompts[5:6], sampler=sampler, constraint=constraint)
+        np.testing.assert_array_equal(np.asarray(alone.tokens[0]), np.asarray(batch.tokens[5]))
+        np.testing.assert_array_equal(np.asarray(alone.log_probs[0]), np.asarray(batch.log_probs[5]))
+    # The keys do matter: another key for row 5 gives another sample (with overwhelming odds).
+    other = _generate(None, jax.random.split(jax.random.key(6), 1), batch=1, prompts=prompts[5:6], sampler=sampler)
+    assert not np.array_equal(np.asarray(other.tokens[0]), np.asarray(batch.tokens[5]))
+
+
+def test_beam_search_on_8_devices_equals_one_device():
+    """Dense (unconstrained) and sparse (trie) beam search with rows split over 8 devices."""
+    from constraints import build_fixed_length_index
+    from decoding.beam_search import beam_search
+
+    rng = np.random.default_rng(3)
+    prompts = rng.integers(0, VOCAB, size=(BATCH, 4))
+    index = build_fixed_length_index(rng.integers(0, VOCAB, size=(60, 3)), VOCAB)
+    params = random_params(VOCAB, seed=4, scale=1.5)
+    for constraint, width in ((None, 5), (index, 3)):
+        outs = [
+            beam_search(HistoryModel(), params, TokenCache.empty(BATCH, CAPACITY), prompts, np.full(BATCH, 4),
+                        num_beams=3, max_new_tokens=width, constraint=constraint, mesh=mesh)
+            for mesh in (None, sharding.data_mesh())
+        ]
+        assert outs[1].sequences.sharding.spec == PartitionSpec("data")
+        for field in ("sequences", "lengths", "valid"):
+            np.testing.assert_array_equal(np.asarray(getattr(outs[1], field)), np.asarray(getattr(outs[0], field)))
+        np.testing.assert_allclose(np.asarray(outs[1].scores), np.asarray(outs[0].scores), rtol=1e-6)

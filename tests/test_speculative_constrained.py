@@ -1,6 +1,6 @@
 """Constrained speculative decoding == constrained non-speculative decoding.
 
-Greedy: token-identical to :func:`decoding.constrained.constrained_generate` for a fixed-length
+Greedy: token-identical to :func:`decoding.generate.generate` with the constraint, for a fixed-length
 trie with a model draft and an EOS-terminated (variable-length) trie with prompt lookup (whose
 proposals the trie may forbid: verification must reject them). Sampling: the law of whole
 items equals the product of per-step masked, renormalized, processed target probabilities
@@ -16,7 +16,7 @@ from fake_models import BigramModel, HistoryModel, TokenCache, random_params
 from test_acceptance import g_test_pvalue
 
 from constraints import build_fixed_length_index, build_variable_length_index
-from decoding.constrained import constrained_generate
+from decoding.generate import generate
 from decoding.drafts import ModelDraft, PromptLookupDraft
 from decoding.samplers import Categorical, Temperature, TopK
 from decoding.speculative import speculative_generate
@@ -56,10 +56,8 @@ def test_greedy_matches_constrained_generate(kind):
         index = build_fixed_length_index(FIXED_ITEMS, VOCAB)
     else:
         index = build_variable_length_index(VARIABLE_ITEMS, VOCAB, EOS)
-    reference, complete = constrained_generate(
-        TARGET, PARAMS, TokenCache.empty(BATCH, CAPACITY), PROMPTS, PROMPT_LENGTHS, constraint=index
-    )
-    assert np.asarray(complete).all()
+    reference = generate(TARGET, PARAMS, TokenCache.empty(BATCH, CAPACITY), PROMPTS, PROMPT_LENGTHS, constraint=index)
+    assert np.asarray(reference.complete).all()
     width = index.depth
     # Prompt lookup proposes tokens the trie may forbid; verification must reject them.
     draft, k = (_model_draft(), 3) if kind == "fixed" else (PromptLookupDraft(ngram=1, vocab_size=VOCAB), 2)
