@@ -1,9 +1,8 @@
 """A general token-level DFA (cycles allowed) behind the dense constraint protocol.
 
-The second automaton beside :class:`constraints.TrieIndex` (DESIGN.md, "Constraints as
-automata"): decoding's dense paths (``constrained_generate``, the variable-length path of
-``beam_search``, ``speculative_generate``) drive it through ``initial_state`` /
-``allowed_mask`` / ``advance`` / ``is_complete`` only.
+The second automaton beside :class:`constraints.TrieIndex` (:mod:`constraints.protocol`):
+decoding (``generate``, the dense path of ``beam_search``, ``speculative_generate``) drives it
+through ``initial_state`` / ``allowed_mask`` / ``advance`` / ``is_complete`` only.
 
 Storage, CSR like the trie but with an explicit next-state column (cycles allowed)::
 

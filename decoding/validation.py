@@ -18,7 +18,7 @@ tokens, scores and validity are then meaningless. Finite logits with some -inf e
 model that masks tokens) are fine. Callers (the batch retrieval job, scripts) report flagged
 rows as errors. How each loop computes it:
 
-* ``generate``, ``constrained_generate``, ``speculative_generate``:
+* ``generate`` (with or without a constraint), ``speculative_generate``:
   :func:`nonfinite_emitted` over the recorded log-probabilities: any bad logit row makes the
   emitted token's log-softmax NaN or -inf, and finite logits never do (a sampler never picks
   a token of probability 0 while others have mass).
@@ -536,9 +536,10 @@ def normalize_key(key: Any) -> Any:
 
 def infer_vocab_size(model: Any, params: Any, cache: Any) -> int:
     """The vocabulary size from one abstract model call (``jax.eval_shape``: no compile, no FLOPs),
-    memoized per model and argument shapes."""
-    leaves, treedef = jax.tree.flatten((params, cache))
-    signature = (model, treedef, tuple((np.shape(x), x.dtype if hasattr(x, "dtype") else jnp.result_type(x)) for x in leaves))
+    memoized per model and parameter shapes."""
+    # The logits width depends on the model and its parameters' shapes only (not on the cache).
+    leaves, treedef = jax.tree.flatten(params)
+    signature = (model, treedef, tuple([(x.shape, x.dtype) if hasattr(x, "dtype") else np.shape(x) for x in leaves]))
     if signature not in _VOCAB_MEMO:
         batch = cache.lengths.shape[0]
         tokens = jax.ShapeDtypeStruct((batch, 1), jnp.int32)

@@ -10,12 +10,14 @@ dense mask (:class:`baselines.StaticMask`) and every baseline through the dense 
 ``constraint=None`` is the unconstrained decode. :func:`run_setting` builds every method at one
 (items, vocab, depth) and returns its table rows (:func:`finalize_rows` sets reference, ratio and
 overhead per step); :func:`growth_runs` times STATIC at two item counts against the
-unconstrained decode, interleaved, through both paths.
+unconstrained decode, interleaved, through both paths. :func:`call_overhead` times what the
+public ``beam_search`` call adds over its jitted program.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import statistics
 import sys
@@ -31,7 +33,8 @@ from _bench_common import compile_timed, measure_interleaved, time_runs  # noqa:
 from baselines import StaticMask, build_cpu_trie, build_hash_bitmap, build_ppv  # noqa: E402
 
 import constraints  # noqa: E402
-from decoding.beam_search import beam_search  # noqa: E402
+from decoding.beam_helpers import TopBeams  # noqa: E402
+from decoding.beam_search import CORE, _dense_jit, _sparse_jit, beam_search, prepare_search  # noqa: E402
 
 BATCH, BEAMS = 2, 70
 CACHE_CAPACITY = 32  # the random-logits model's cache holds lengths only; any depth < 32 fits
@@ -279,3 +282,55 @@ def finalize_rows(rows, depth):
     for row in rows:
         row["ratio"] = row["decode_ms"] / row["reference_ms"]
         row["overhead_ms_per_step"] = (row["decode_ms"] - row["reference_ms"]) / depth
+
+
+def call_overhead(index, vocab, depth, calls=300):
+    """What a public :func:`decoding.beam_search.beam_search` call costs beyond its jitted
+    program, on both paths (the STATIC ``TrieIndex``: sparse; ``None``: the dense
+    unconstrained loop). Per call, interleaved and blocking: ``public_ms`` (the whole public
+    call), ``program_ms`` (the compiled program called with the same arguments already
+    prepared), ``prepare_ms`` (the host-side checks and preparation alone,
+    :func:`decoding.beam_search.prepare_search`). Medians over ``calls`` calls;
+    ``overhead_ms = public_ms - program_ms``."""
+    rng = np.random.default_rng(3)
+    params = jnp.asarray(rng.normal(size=(depth, BATCH * BEAMS, vocab)) * 3, jnp.float32)
+    cache = StepCache(lengths=jnp.zeros((BATCH,), jnp.int32), capacity=CACHE_CAPACITY)
+    prompts, lengths = np.zeros((BATCH, 1), np.int32), np.ones((BATCH,), np.int32)
+    model = RandomLogitsModel()
+    rows = []
+    for path, constraint in (("sparse (STATIC)", index), ("dense (unconstrained)", None)):
+        width = depth if constraint is None else None
+        options = dict(max_new_tokens=width, constraint=constraint, length_penalty=0.0)
+
+        def public():
+            return beam_search(model, params, cache, prompts, lengths, num_beams=BEAMS, **options)
+
+        def prepare():
+            return prepare_search(
+                "beam_search", CORE, model, params, cache, prompts, lengths, selector=TopBeams(), layered_ok=True,
+                max_new_tokens=width, constraint=constraint, length_penalty=0.0, eos_ids=(), pad_id=0,
+                vocab_size=None, min_bucket=16,
+            )
+
+        prepared, settings = prepare()
+        if constraint is None:
+            args = (params, cache, prepared.inputs, settings)
+            program = functools.partial(_dense_jit, model, BEAMS)
+        else:
+            args = (params, cache, prepared.inputs, settings.constraint, settings.alpha)
+            program = functools.partial(_sparse_jit, model, BEAMS)
+        jax.block_until_ready((public(), program(*args)))  # compiled once, shared
+        times = {"public": [], "program": [], "prepare": []}
+        for _ in range(calls):
+            for name, call in (("public", public), ("program", lambda: program(*args))):
+                start = time.perf_counter()
+                jax.block_until_ready(call())
+                times[name].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            prepare()
+            times["prepare"].append(time.perf_counter() - start)
+        row = {"path": path, "vocab": vocab, "depth": depth, "batch": BATCH, "beams": BEAMS}
+        row |= {f"{name}_ms": statistics.median(values) * 1e3 for name, values in times.items()}
+        row["overhead_ms"] = row["public_ms"] - row["program_ms"]
+        rows.append(row)
+    return rows

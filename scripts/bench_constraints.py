@@ -33,6 +33,11 @@ the sparse path. ``--quick`` runs 1e4 and 1e5 items, V = 256 and the TIGER-like 
 slow baselines (exact PPV, CPU trie) in the items sweep only. Each setting's title gives its
 wall time and the 1-minute load average.
 
+Call overhead (:func:`_constraints_harness.call_overhead`, at the smallest item count, both
+paths): the public ``beam_search`` call against its compiled program called with the same
+prepared arguments, interleaved, median of 300 calls (--quick: 100): ``overhead_ms`` is what
+the host-side checks and preparation add (``prepare_ms`` times them alone).
+
     python scripts/bench_constraints.py --quick
     python scripts/bench_constraints.py --items 1e5,1e6,1e7 --json out.json --plot out.png
 """
@@ -46,7 +51,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _bench_common import add_common_args, print_table, write_json  # noqa: E402
-from _constraints_harness import BATCH, BEAMS, growth_runs, run_setting  # noqa: E402
+from _constraints_harness import BATCH, BEAMS, call_overhead, growth_runs, run_setting  # noqa: E402
 
 COLUMNS = [
     "setting", "items", "vocab", "L", "method", "decode_ms", "reference_ms", "overhead_ms_per_step", "ratio",
@@ -193,6 +198,9 @@ def main(argv=None):
         load["growth"] = os.getloadavg()[0]
         title = f"growth {smallest:.0e} -> {largest:.0e} items, interleaved (load {load['growth']:.2f})"
         print_table(growth, title=title)
+    overhead = call_overhead(kept[smallest], 2048, 8, calls=100 if args.quick else 300)
+    load["call_overhead"] = os.getloadavg()[0]
+    print_table(overhead, title=f"beam_search: public call vs its jitted program, {smallest:.0e} items (load {load['call_overhead']:.2f})")
     kept.clear()
     # --quick times the two slow baselines (exact PPV, CPU trie) in the items sweep only.
     slow = not args.quick
@@ -211,10 +219,13 @@ def main(argv=None):
     ]
     print_table(kernel_rows, title="kernel us per depth ([batch, beams] states, best of the kernel repeats)")
     summary = goals(rows, largest, growth)
+    for row in overhead:
+        summary[f"beam_search_call_overhead_ms_{row['path'].split()[0]}"] = row["overhead_ms"]
+        summary[f"beam_search_prepare_ms_{row['path'].split()[0]}"] = row["prepare_ms"]
     print("\n== goals (measured, met or not)")
     for key, value in summary.items():
         print(f"  {key}: {value if value is None else f'{value:.4g}'}")
-    payload = {"rows": rows, "growth": growth, "goals": summary, "batch": BATCH, "beams": BEAMS, "load_1min": load}
+    payload = {"rows": rows, "growth": growth, "call_overhead": overhead, "goals": summary, "batch": BATCH, "beams": BEAMS, "load_1min": load}
     write_json(args.json, payload)
     if args.plot:
         plot(rows, args.plot)
