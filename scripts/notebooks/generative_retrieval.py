@@ -16,7 +16,8 @@ repository root this file also runs as a plain script.
 #
 # This notebook runs the project's retrieval library (`retrieval/`) end to end:
 #
-# 1. data: the built-in synthetic data set (MovieLens-100K instead when `recbole` is installed);
+# 1. data: the built-in synthetic data set, or MovieLens-100K (`DATASET` in the Scale up cell;
+#    it ships with `recbole`: `pip install --no-deps recbole==1.2.1`);
 # 2. semantic IDs, with their codebook usage plotted;
 # 3. training the retriever, with its loss curve;
 # 4. the batch job (`retrieval.job.run_job`): top-K items for every test user, sharded over the
@@ -118,7 +119,7 @@ TRAIN = dataclasses.replace(
 )
 JOB = JobSettings(k=10, num_beams=10, batch_size=64, shard_rows=128)  # top-K per query, beams, queries per call
 EVAL = EvalSettings(num_beams=10, ks=(5, 10), batch_size=64)  # ks <= JOB.k: the job's output is scored
-REPEATS = 2  # timed calls per method in the last section (best one reported)
+REPEATS = 1  # timed calls per method in the last section (best one reported), after a warm-up call
 BENCH_ARGS = None  # arguments of scripts/bench_retrieval.py to run it in the last section, e.g. ["--quick"]
 BENCH_JSON = None  # or a file that benchmark wrote (--json PATH) to plot
 WORKDIR = tempfile.mkdtemp(prefix="retrieval-")  # model, queries, job output; a trained model is reused
@@ -216,7 +217,7 @@ queries_dir, output_dir = os.path.join(WORKDIR, "queries"), os.path.join(WORKDIR
 write_queries(test, catalog, queries_dir, shards=2)
 job = run_job(model_dir, queries_dir, output_dir, JOB, retriever=retriever, mesh=mesh, progress=False)
 print(job.as_dict())
-assert job.queries == len(test) and job.invalid_outputs == 0 and job.short_queries == 0
+assert job.invalid_outputs == 0 and job.short_queries == 0
 
 results = read_results(output_dir)
 assert results.num_rows == len(test) * JOB.k
@@ -224,7 +225,7 @@ for row in results.slice(0, 3).to_pylist():
     print(row)
 again = run_job(model_dir, queries_dir, output_dir, JOB, retriever=retriever, mesh=mesh, progress=False)
 print(f"rerun: {again.skipped_shards} shards already done, {again.written_shards} written")
-assert again.written_shards == 0 and again.skipped_shards == job.written_shards
+assert again.written_shards == 0 and again.skipped_shards == job.written_shards + job.skipped_shards
 
 # %% [markdown]
 # ## Recall: constrained vs unconstrained vs exact scoring
