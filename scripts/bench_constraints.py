@@ -36,7 +36,7 @@ wall time and the 1-minute load average.
 Call overhead (:func:`_constraints_harness.call_overhead`, at the smallest item count, both
 paths): the public ``beam_search`` call against its compiled program called with the same
 prepared arguments, interleaved, median of 300 calls (--quick: 100): ``overhead_ms`` is what
-the host-side checks and preparation add (``prepare_ms`` times them alone).
+the host-side checks and preparation add (``prepare_ms`` times them alone, back to back).
 
     python scripts/bench_constraints.py --quick
     python scripts/bench_constraints.py --items 1e5,1e6,1e7 --json out.json --plot out.png
