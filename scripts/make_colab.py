@@ -1,13 +1,12 @@
 """Writes the Colab notebooks in colab/ from their sources, so a notebook never drifts from them.
 
-* ``colab/quickstart.ipynb``: the README's API tour (its ```python blocks).
-* ``colab/speculative_decoding.ipynb``, ``colab/generative_retrieval.ipynb``: from
-  ``scripts/notebooks/<name>.py``, Python files in the "percent" format (a ``# %%`` line
-  starts a code cell, ``# %% [markdown]`` a markdown cell whose lines are ``#`` comments; text
-  before the first marker is the source's own header and is left out). Edit the source, then
-  run this script; ``tests/test_notebooks.py`` checks that the committed notebooks match and
-  executes them. A source also runs as a plain script (``python scripts/notebooks/<name>.py``
-  from the repository root), which is handy when debugging a cell.
+Every notebook ``colab/<name>.ipynb`` (quickstart, speculative_decoding, generative_retrieval)
+is written from ``scripts/notebooks/<name>.py``, a Python file in the "percent" format (a
+``# %%`` line starts a code cell, ``# %% [markdown]`` a markdown cell whose lines are ``#``
+comments; text before the first marker is the source's own header and is left out). Edit the
+source, then run this script; ``tests/test_notebooks.py`` checks that the committed notebooks
+match and executes them. A source also runs as a plain script (``python
+scripts/notebooks/<name>.py`` from the repository root), which is handy when debugging a cell.
 
 Notebooks are written without outputs.
 
@@ -23,32 +22,13 @@ import re
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SOURCES = ROOT / "scripts" / "notebooks"
-SOURCED = ("speculative_decoding", "generative_retrieval")  # notebooks written from SOURCES
-NAMES = ("quickstart",) + SOURCED
-
-SETUP = """# Runtime: TPU (Runtime > Change runtime type). On a CPU or GPU runtime, skip the jax[tpu] line.
-# Put this repository at /content/jax-decoding first (git clone it there, or upload it).
-!pip install -q -U "jax[tpu]"
-!pip install -q -e /content/jax-decoding
-import sys; sys.path.insert(0, "/content/jax-decoding")
-import jax; print(jax.devices())"""
-
-INTRO = """# jax-decoding quickstart
-
-Greedy and sampled decoding, trie-constrained beam search (STATIC-style CSR index) and speculative
-decoding of a Flax Llama-family model, each in one jit-compiled loop. The cells below are the
-README's API tour; the test suite runs the same code."""
+NAMES = ("quickstart", "speculative_decoding", "generative_retrieval")  # scripts/notebooks/<name>.py
 
 METADATA = {
     "accelerator": "TPU",
     "kernelspec": {"display_name": "Python 3", "name": "python3"},
     "language_info": {"name": "python"},
 }
-
-
-def readme_blocks() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    return [block.rstrip("\n") for block in re.findall(r"```python\n(.*?)```", text, flags=re.S)]
 
 
 def cell(kind: str, source: str, cell_id: str | None = None) -> dict:
@@ -58,13 +38,6 @@ def cell(kind: str, source: str, cell_id: str | None = None) -> dict:
     if kind == "code":
         body.update(execution_count=None, outputs=[])
     return body
-
-
-def notebook() -> dict:
-    """The quickstart: the README's API tour."""
-    cells = [cell("markdown", INTRO), cell("code", SETUP)]
-    cells += [cell("code", block) for block in readme_blocks()]
-    return {"cells": cells, "metadata": METADATA, "nbformat": 4, "nbformat_minor": 5}
 
 
 def _markdown(lines: list[str]) -> str:
@@ -98,7 +71,7 @@ def parse_percent(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def sourced_notebook(name: str) -> dict:
+def notebook(name: str) -> dict:
     """The notebook of ``scripts/notebooks/<name>.py`` (cell ids are stable: ``<name>-NN``)."""
     cells = parse_percent((SOURCES / f"{name}.py").read_text())
     return {
@@ -113,7 +86,7 @@ def build(name: str) -> dict:
     """The notebook ``name`` (one of NAMES) as JSON-ready dict."""
     if name not in NAMES:
         raise ValueError(f"unknown notebook {name!r}; known: {NAMES}")
-    return notebook() if name == "quickstart" else sourced_notebook(name)
+    return notebook(name)
 
 
 def render(name: str) -> str:
