@@ -51,7 +51,7 @@ def _model_draft():
 
 
 @pytest.mark.parametrize("kind", ["fixed", "variable"])
-def test_greedy_matches_constrained_generate(kind):
+def test_greedy_matches_constrained_greedy_generate(kind):
     if kind == "fixed":
         index = build_fixed_length_index(FIXED_ITEMS, VOCAB)
     else:

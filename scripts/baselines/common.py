@@ -1,7 +1,7 @@
 """Pieces shared by the baselines: item validation and the prefix state.
 
 Every baseline (and the STATIC dense-mask adapter) is a constraint in the library's protocol
-(/work/shared/DESIGN.md, "Constraints as automata"; ``decoding.beam_helpers.DENSE_API``), so
+(/work/shared/DESIGN.md, "Constraints as automata"; ``constraints.protocol.Constraint``), so
 ``decoding.beam_search.beam_search`` runs it on its dense path like any automaton::
 
     c.depth, c.fixed_length, c.eos_id, c.vocab_size   # static metadata (fixed_length True, eos_id None)
