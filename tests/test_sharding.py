@@ -165,9 +165,11 @@ def test_a_row_samples_the_same_alone_and_in_a_batch():
 
 
 def test_beam_search_on_8_devices_equals_one_device():
-    """Dense (unconstrained) and sparse (trie) beam search with rows split over 8 devices."""
+    """Dense (unconstrained) and sparse (trie) beam search, and diverse beam search, with rows
+    split over 8 devices."""
     from constraints import build_fixed_length_index
     from decoding.beam_search import beam_search
+    from decoding.diverse_beam_search import diverse_beam_search
 
     rng = np.random.default_rng(3)
     prompts = rng.integers(0, VOCAB, size=(BATCH, 4))
@@ -183,3 +185,11 @@ def test_beam_search_on_8_devices_equals_one_device():
         for field in ("sequences", "lengths", "valid"):
             np.testing.assert_array_equal(np.asarray(getattr(outs[1], field)), np.asarray(getattr(outs[0], field)))
         np.testing.assert_allclose(np.asarray(outs[1].scores), np.asarray(outs[0].scores), rtol=1e-6)
+    diverse = [
+        diverse_beam_search(HistoryModel(), params, TokenCache.empty(BATCH, CAPACITY), prompts, np.full(BATCH, 4),
+                            num_beams=4, num_groups=2, diversity_strength=2.0, max_new_tokens=3, mesh=mesh)
+        for mesh in (None, sharding.data_mesh())
+    ]
+    assert diverse[1].sequences.sharding.spec == PartitionSpec("data")
+    np.testing.assert_array_equal(np.asarray(diverse[1].sequences), np.asarray(diverse[0].sequences))
+    np.testing.assert_array_equal(np.asarray(diverse[1].valid), np.asarray(diverse[0].valid))
