@@ -327,6 +327,7 @@ def speculative_generate(
         metadata static): drafts and target are restricted by the same states, and a row also
         stops when its state is complete.
       pad_id: fills ``out.tokens`` after each row's end. Traced.
+      vocab_size: to check token ids; default: the target's.
       mesh: optional mesh from :func:`decoding.sharding.data_mesh` (``Auto`` axes): rows are
         split over its ``data`` axis (the batch must divide evenly), weights replicated or split
         on ``model``; acceptance runs per device. Per-row keys give the same tokens as no mesh.
